@@ -1,0 +1,3 @@
+from hexpress.cli import main
+
+main()

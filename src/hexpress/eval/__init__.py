@@ -1,0 +1,3 @@
+"""hexpress.eval."""
+
+__all__: list[str] = []

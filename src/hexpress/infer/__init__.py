@@ -1,0 +1,3 @@
+"""hexpress.infer."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""hexpress.models."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""hexpress.pl."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""hexpress.sim."""
+
+__all__: list[str] = []

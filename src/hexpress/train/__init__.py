@@ -1,0 +1,3 @@
+"""hexpress.train."""
+
+__all__: list[str] = []

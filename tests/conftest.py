@@ -1,0 +1,37 @@
+"""Shared fixtures. Real data is read from ../shared/data next to the repository and tests that
+need it are marked ``realdata`` and skipped, saying so, when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HEXPRESS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (set HEXPRESS_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def her2st_dir() -> Path:
+    """The HER2ST sections (legacy ST layout)."""
+    return _shared("her2st")
+
+
+@pytest.fixture(scope="session")
+def visium_fixtures_dir() -> Path:
+    """Two tiny real Space Ranger output folders."""
+    return _shared("visium_fixtures")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
