@@ -13,9 +13,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+LINT_DIRS := $(wildcard src tests benchmarks)
+
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check $(LINT_DIRS)
+	$(BIN)/ruff format --check $(LINT_DIRS)
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q
