@@ -1,0 +1,221 @@
+"""Private pieces shared by the Visium and Visium HD readers (Space Ranger output layout)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hexpress.errors import (
+    DataMismatchError,
+    FormatError,
+    GeometryError,
+    InputFileError,
+    UnitsError,
+)
+from hexpress.io._tables import is_blank, positive
+from hexpress.io.image import SlideImage, open_image
+from hexpress.io.tenx_h5 import TenxMatrix
+
+log = logging.getLogger(__name__)
+
+POSITION_COLUMNS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
+IMAGE_FILES = {"hires": "tissue_hires_image.png", "lowres": "tissue_lowres_image.png"}
+SCALEF_KEYS = {"hires": "tissue_hires_scalef", "lowres": "tissue_lowres_scalef"}
+
+
+def read_positions(path: Path) -> pd.DataFrame:
+    """Spot/bin positions indexed by barcode, with the six Space Ranger columns.
+
+    ``tissue_positions_list.csv`` (Space Ranger 1.x) has no header; ``tissue_positions.csv``
+    (2.0+) and ``tissue_positions.parquet`` (Visium HD) have one.
+    """
+    try:
+        if path.suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:
+            with open(path) as f:
+                first = f.readline()
+            has_header = first.split(",")[0].strip().lower() == "barcode"
+            df = pd.read_csv(path, header=0 if has_header else None)
+            if not has_header:
+                if df.shape[1] != len(POSITION_COLUMNS):
+                    raise FormatError(
+                        f"{path}: expected {len(POSITION_COLUMNS)} columns "
+                        f"({', '.join(POSITION_COLUMNS)}), found {df.shape[1]}."
+                    )
+                df.columns = POSITION_COLUMNS
+    except (OSError, ValueError) as e:
+        if isinstance(e, FormatError):
+            raise
+        raise FormatError(f"Cannot read spot positions {path}: {e}.") from e
+    missing = [c for c in POSITION_COLUMNS if c not in df.columns]
+    if missing:
+        raise FormatError(
+            f"{path}: missing column(s) {missing}; Space Ranger position files have "
+            f"{', '.join(POSITION_COLUMNS)}."
+        )
+    df["barcode"] = df["barcode"].astype(str)
+    if df["barcode"].duplicated().any():
+        dup = df["barcode"][df["barcode"].duplicated()].unique()
+        raise FormatError(
+            f"{path}: {len(dup)} barcode(s) listed twice, e.g. {', '.join(dup[:3])}. Each spot "
+            "must appear once."
+        )
+    return df.set_index("barcode")
+
+
+def match_counts_to_positions(
+    matrix: TenxMatrix, positions: pd.DataFrame, matrix_path: Path, positions_path: Path
+) -> tuple[TenxMatrix, pd.DataFrame, dict]:
+    """Keep in-tissue barcodes that have counts, in matrix order; check both files agree."""
+    barcodes = pd.Index(matrix.barcodes)
+    if barcodes.has_duplicates:
+        dup = barcodes[barcodes.duplicated()].unique()
+        raise GeometryError(
+            f"{matrix_path}: {len(dup)} duplicate barcode(s), e.g. {', '.join(dup[:3])}."
+        )
+    unknown = barcodes.difference(positions.index)
+    if len(unknown):
+        raise DataMismatchError(
+            f"{len(unknown)} of {len(barcodes)} barcodes in {matrix_path} have no position in "
+            f"{positions_path} (e.g. {', '.join(unknown[:3])}). Counts and positions must come "
+            "from the same Space Ranger run."
+        )
+    in_tissue = positions["in_tissue"].astype(int).to_numpy() == 1
+    tissue_barcodes = positions.index[in_tissue]
+    keep = barcodes.isin(tissue_barcodes)
+    n_off = int((~keep).sum())
+    n_tissue_without_counts = int((~tissue_barcodes.isin(barcodes)).sum())
+    if not keep.any():
+        raise DataMismatchError(
+            f"None of the {len(barcodes)} barcodes in {matrix_path} is marked in_tissue=1 in "
+            f"{positions_path}."
+        )
+    if n_off:
+        log.info("%s: %d barcode(s) outside the tissue left out", matrix_path.name, n_off)
+    if n_tissue_without_counts:
+        log.warning(
+            "%s: %d of %d in-tissue spot(s) have no counts in %s and are left out",
+            positions_path.name,
+            n_tissue_without_counts,
+            len(tissue_barcodes),
+            matrix_path.name,
+        )
+    idx = np.flatnonzero(keep)
+    kept = TenxMatrix(
+        counts=matrix.counts[idx].tocsr(),
+        barcodes=[matrix.barcodes[i] for i in idx],
+        genes=matrix.genes,
+        gene_ids=matrix.gene_ids,
+        feature_types=matrix.feature_types,
+    )
+    stats = {
+        "barcodes_outside_tissue": n_off,
+        "tissue_spots_without_counts": n_tissue_without_counts,
+    }
+    return kept, positions.loc[kept.barcodes], stats
+
+
+@dataclass
+class ChosenImage:
+    image: SlideImage
+    kind: str  # "fullres", "hires" or "lowres"
+    scale: float  # image pixels per full-resolution pixel
+    mpp_fullres: float
+    mpp_source: str
+
+
+def resolve_image(
+    image: str | Path | None,
+    *,
+    mpp: float | None,
+    scalefactors: dict,
+    scalefactors_path: Path,
+    image_dirs: list[Path],
+    unit_um: float,
+    unit_name: str,
+) -> ChosenImage:
+    """Pick the image, its mpp and the factor from full-resolution pixels to its pixels.
+
+    ``image``: a file (the full-resolution image the positions refer to), ``"hires"``,
+    ``"lowres"``, or ``None``: the hires PNG unless it is missing or blank (a single colour, as
+    some Space Ranger outputs ship), then the lowres PNG.
+
+    ``mpp`` of the full-resolution image: given, else ``microns_per_pixel`` from the scale
+    factors (Visium HD), else ``unit_um / spot_diameter_fullres`` (the physical spot or bin size
+    over its size in full-resolution pixels).
+    """
+    sf_mpp = positive(scalefactors.get("microns_per_pixel"), "microns_per_pixel", scalefactors_path)
+    diam_px = positive(
+        scalefactors.get("spot_diameter_fullres"), "spot_diameter_fullres", scalefactors_path
+    )
+    if mpp is not None:
+        mpp_full, source = positive(mpp, "mpp", "mpp argument"), "given"
+    elif sf_mpp is not None:
+        mpp_full, source = sf_mpp, f"microns_per_pixel in {scalefactors_path.name}"
+    elif diam_px is not None:
+        mpp_full = unit_um / diam_px
+        source = (
+            f"{unit_name} of {unit_um:g} µm over spot_diameter_fullres = {diam_px:.4g} px in "
+            f"{scalefactors_path.name}"
+        )
+        log.info("full-resolution mpp %.4f µm/px derived from the %s", mpp_full, source)
+    else:
+        mpp_full, source = None, None
+
+    def _need_mpp():
+        raise UnitsError(
+            f"{scalefactors_path} has neither microns_per_pixel nor spot_diameter_fullres, so the "
+            "pixel size is unknown. Pass the µm per pixel of the full-resolution image: mpp=... "
+            "in Python or --mpp on the command line."
+        )
+
+    if image is not None and str(image) not in IMAGE_FILES:
+        path = Path(image)
+        if mpp_full is None:
+            slide = open_image(path)  # the file may know its pixel size
+            mpp_full, source = slide.mpp, f"metadata of {path.name}"
+        else:
+            slide = open_image(path, mpp=mpp_full)
+        return ChosenImage(slide, "fullres", 1.0, mpp_full, source)
+
+    kinds = [str(image)] if image is not None else ["hires", "lowres"]
+    tried = []
+    for kind in kinds:
+        path = next(
+            (d / IMAGE_FILES[kind] for d in image_dirs if (d / IMAGE_FILES[kind]).exists()), None
+        )
+        if path is None:
+            tried.append(f"{IMAGE_FILES[kind]} (absent)")
+            continue
+        if image is None and is_blank(path):
+            log.warning("%s is blank (a single colour); trying the next image", path)
+            tried.append(f"{path.name} (blank)")
+            continue
+        scalef = positive(scalefactors.get(SCALEF_KEYS[kind]), SCALEF_KEYS[kind], scalefactors_path)
+        if scalef is None:
+            raise UnitsError(
+                f"{scalefactors_path} has no {SCALEF_KEYS[kind]}, so positions cannot be placed "
+                f"on {path.name}. Pass the full-resolution image (image=... / --image) and its "
+                "mpp instead."
+            )
+        if mpp_full is None:
+            _need_mpp()
+        slide = open_image(path, mpp=mpp_full / scalef)
+        return ChosenImage(slide, kind, scalef, mpp_full, source)
+    dirs = ", ".join(str(d) for d in image_dirs)
+    raise InputFileError(
+        f"No usable image: tried {', '.join(tried)} in {dirs}. Pass the full-resolution H&E "
+        "image with image=... (--image) and its mpp."
+    )

@@ -1,0 +1,145 @@
+"""Private helpers shared by the readers: finding files, small tables, Matrix Market folders."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+
+from hexpress.errors import FormatError, InputFileError, UnitsError
+from hexpress.io.tenx_h5 import GENE_EXPRESSION, TenxMatrix, read_10x_h5
+
+log = logging.getLogger(__name__)
+
+
+def require_dir(path: str | Path, what: str, layout: str) -> Path:
+    """``path`` as a folder, or an :class:`InputFileError` describing the expected layout."""
+    path = Path(path)
+    if not path.is_dir():
+        state = "is a file, not a folder" if path.exists() else "does not exist"
+        raise InputFileError(f"{what}: {path} {state}. Expected layout:\n{layout}")
+    return path
+
+
+def find_file(folder: Path, candidates: Sequence[str], what: str, layout: str) -> Path:
+    """The first of ``candidates`` (relative to ``folder``) that exists, else a clear error."""
+    for name in candidates:
+        p = folder / name
+        if p.exists():
+            return p
+    raise InputFileError(
+        f"{what} not found in {folder}: expected one of {', '.join(candidates)}. "
+        f"Expected layout:\n{layout}"
+    )
+
+
+def first_existing(folder: Path, candidates: Sequence[str]) -> Path | None:
+    for name in candidates:
+        p = folder / name
+        if p.exists():
+            return p
+    return None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            out = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise FormatError(f"Cannot read JSON {path}: {e}.") from e
+    if not isinstance(out, dict):
+        raise FormatError(f"{path}: expected a JSON object, got {type(out).__name__}.")
+    return out
+
+
+def positive(value, name: str, source: Path | str) -> float | None:
+    """``value`` as a positive finite float, ``None`` when absent, else a :class:`UnitsError`."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v <= 0:
+        raise UnitsError(f"{source}: {name} must be a positive number, got {value!r}.")
+    return v
+
+
+def _open_text(path: Path):
+    import gzip
+
+    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+
+
+def read_mtx_folder(folder: Path) -> TenxMatrix:
+    """Read a Matrix Market feature-barcode folder (Cell Ranger / Space Ranger layout).
+
+    ``barcodes.tsv[.gz]``, ``features.tsv[.gz]`` (id, name, type) or ``genes.tsv`` (id, name),
+    and ``matrix.mtx[.gz]`` holding a features x barcodes matrix.
+    """
+    layout = "  barcodes.tsv[.gz]\n  features.tsv[.gz] (or genes.tsv)\n  matrix.mtx[.gz]"
+    bc_path = find_file(folder, ["barcodes.tsv.gz", "barcodes.tsv"], "Barcode list", layout)
+    ft_path = find_file(
+        folder,
+        ["features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"],
+        "Feature list",
+        layout,
+    )
+    mtx_path = find_file(folder, ["matrix.mtx.gz", "matrix.mtx"], "Matrix Market file", layout)
+    barcodes = pd.read_csv(bc_path, sep="\t", header=None, dtype=str)[0].tolist()
+    feats = pd.read_csv(ft_path, sep="\t", header=None, dtype=str)
+    ids = feats[0].tolist()
+    names = feats[1].tolist() if feats.shape[1] > 1 else list(ids)
+    types = feats[2].tolist() if feats.shape[1] > 2 else [GENE_EXPRESSION] * len(ids)
+    try:
+        with _open_text(mtx_path) as f:
+            m = scipy.io.mmread(f)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"Cannot read Matrix Market file {mtx_path}: {e}.") from e
+    m = sp.csr_matrix(m)
+    if m.shape != (len(ids), len(barcodes)):
+        raise FormatError(
+            f"{mtx_path}: the matrix is {m.shape[0]} features x {m.shape[1]} barcodes but "
+            f"{ft_path.name} lists {len(ids)} features and {bc_path.name} {len(barcodes)} barcodes."
+        )
+    return TenxMatrix(m.T.tocsr(), barcodes, names, ids, types)
+
+
+def read_feature_matrix(path: Path) -> TenxMatrix:
+    """A 10x ``.h5`` file or a Matrix Market folder."""
+    return read_mtx_folder(path) if path.is_dir() else read_10x_h5(path)
+
+
+def gene_expression_only(m: TenxMatrix, source: Path) -> TenxMatrix:
+    """Drop non-gene features (antibody capture, control probes) so units are genes only."""
+    keep = np.array([t == GENE_EXPRESSION for t in m.feature_types])
+    if not keep.any():
+        raise FormatError(
+            f"{source}: no feature has type {GENE_EXPRESSION!r} "
+            f"(types found: {sorted(set(m.feature_types))})."
+        )
+    if not keep.all():
+        dropped = sorted({t for t, k in zip(m.feature_types, keep, strict=True) if not k})
+        log.info("%s: dropped %d non-gene features (%s)", source, int((~keep).sum()), dropped)
+        m = m.select_features(keep)
+    return m
+
+
+def is_blank(path: Path) -> bool:
+    """True for an image of a single colour (e.g. an empty placeholder PNG)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.thumbnail((256, 256))
+            extrema = im.convert("RGB").getextrema()
+    except Exception:  # unreadable images are reported by open_image later
+        return False
+    return all(lo == hi for lo, hi in extrema)

@@ -1,0 +1,467 @@
+"""10x Xenium: cells, transcripts and a registered H&E image.
+
+Files read from a Xenium Onboard Analysis output folder::
+
+    cells.parquet            cell_id, x_centroid, y_centroid (µm), cell_area (µm²), ...
+    cell_feature_matrix.h5   10x HDF5 feature-barcode matrix, barcodes = cell ids (Q20 already)
+    transcripts.parquet      cell_id, feature_name, x_location, y_location (µm), qv
+    experiment.xenium        JSON manifest; ``pixel_size`` (µm per morphology pixel, 0.2125)
+    cell_boundaries.parquet  optional: cell_id, vertex_x, vertex_y (µm), for cell areas
+
+plus an H&E image and its alignment: the 3 x 3 affine matrix CSV that Xenium Explorer exports
+after image alignment. That matrix maps **H&E image pixels** ``(x, y, 1)`` to **Xenium
+morphology pixels** (``pixel_size`` µm each, origin at the Xenium frame's origin). Here the
+inverse is applied: ``H&E px = M⁻¹ · (x_µm / pixel_size, y_µm / pixel_size, 1)``. Without an
+alignment the H&E image is taken to be registered to the Xenium frame already, origin at (0, 0)
+µm, so ``H&E px = µm / mpp``.
+
+Pooling:
+
+* ``pool="cells"``: one unit per cell, counts from ``cell_feature_matrix.h5`` (gene features
+  only). Geometry: a **disc of the cell's area-equivalent diameter** ``2 * sqrt(area / π)``
+  (``cell_area`` from ``cells.parquet``, else the polygon area from ``cell_boundaries.parquet``,
+  else ``size_um`` for every cell). Polygons are not stored.
+* ``pool="square"``: transcripts binned into squares of side ``size_um`` on a grid anchored at
+  the Xenium frame's origin (0, 0) µm.
+* ``pool="disc"``: transcripts within discs of diameter ``size_um`` centred on a hexagonal grid of
+  pitch ``pitch_um`` (default ``2 * size_um``, the legacy ST / Visium ratio of about 2); the
+  transcripts between discs are not counted, as with real spots.
+
+For ``square`` and ``disc``, transcripts with ``qv < min_qv`` (default 20, the Xenium default)
+and control / unassigned features (names starting with ``NegControl``, ``BLANK``,
+``Unassigned``, ``Deprecated``, ``antisense``, ``Intergenic``) are dropped, and only units with
+at least one transcript are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from hexpress import _keys as K
+from hexpress.data.sample import Sample, make_units
+from hexpress.errors import (
+    ConfigError,
+    DataMismatchError,
+    FormatError,
+    InputFileError,
+    UnitsError,
+)
+from hexpress.io._tables import (
+    find_file,
+    first_existing,
+    gene_expression_only,
+    positive,
+    read_json,
+    require_dir,
+)
+from hexpress.io.image import SlideImage, open_image
+from hexpress.io.tenx_h5 import read_10x_h5
+
+__all__ = [
+    "read_xenium",
+    "read_alignment",
+    "xenium_to_image_px",
+    "XENIUM_PIXEL_SIZE_UM",
+    "CONTROL_PREFIXES",
+    "POOLS",
+]
+
+log = logging.getLogger(__name__)
+
+XENIUM_PIXEL_SIZE_UM = 0.2125
+CONTROL_PREFIXES = (
+    "NegControl",
+    "BLANK",
+    "Unassigned",
+    "Deprecated",
+    "antisense",
+    "Intergenic",
+)
+POOLS = ("cells", "square", "disc")
+
+LAYOUT = """  cells.parquet  (cell_id, x_centroid, y_centroid in µm, cell_area in µm²)
+  cell_feature_matrix.h5
+  transcripts.parquet  (cell_id, feature_name, x_location, y_location in µm, qv)
+  experiment.xenium  (optional; pixel_size)
+  plus the H&E image (image=...) and its Xenium Explorer alignment matrix CSV (alignment=...)"""
+
+
+def read_alignment(path: str | Path) -> np.ndarray:
+    """Read a Xenium Explorer alignment matrix CSV: 3 rows of 3 numbers, H&E px -> Xenium px.
+
+    Returns:
+        ``(3, 3)`` float64 matrix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(
+            f"Alignment matrix not found: {path}. Expected the CSV Xenium Explorer exports."
+        )
+    rows = []
+    with open(path) as f:
+        for line in f:
+            parts = [p.strip() for p in line.replace(";", ",").split(",") if p.strip()]
+            try:
+                rows.append([float(p) for p in parts])
+            except ValueError:
+                continue  # a header line
+    M = np.array(rows, dtype=float) if rows else np.zeros((0,))
+    if M.shape != (3, 3):
+        raise FormatError(
+            f"{path}: expected a 3 x 3 affine matrix (three comma-separated rows, the last "
+            f"0,0,1) as Xenium Explorer exports, got shape {M.shape}."
+        )
+    if not np.allclose(M[2], [0, 0, 1], atol=1e-6) or abs(np.linalg.det(M[:2, :2])) < 1e-12:
+        raise FormatError(
+            f"{path}: not an invertible affine matrix (last row {M[2].tolist()}, "
+            f"det {np.linalg.det(M[:2, :2]):.3g})."
+        )
+    return M
+
+
+def xenium_to_image_px(
+    xy_um: np.ndarray, alignment: np.ndarray | None, pixel_size_um: float, image_mpp: float
+) -> np.ndarray:
+    """Map ``(n, 2)`` Xenium positions in µm to H&E level-0 pixels (x, y).
+
+    With an alignment ``M`` (H&E px -> Xenium px): ``M⁻¹ · (xy / pixel_size, 1)``. Without:
+    ``xy / image_mpp`` (the image is registered to the Xenium frame).
+    """
+    xy = np.asarray(xy_um, dtype=float)
+    if alignment is None:
+        return xy / image_mpp
+    inv = np.linalg.inv(alignment)
+    px = xy / pixel_size_um
+    return px @ inv[:2, :2].T + inv[:2, 2]
+
+
+def _table(path: Path) -> pd.DataFrame:
+    try:
+        if path.name.endswith(".parquet"):
+            df = pd.read_parquet(path)
+        else:
+            df = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"Cannot read {path}: {e}.") from e
+    for col in ("cell_id", "feature_name"):
+        if col in df.columns and len(df) and isinstance(df[col].iloc[0], bytes):
+            df[col] = df[col].str.decode("utf-8")
+    return df
+
+
+def _need(df: pd.DataFrame, cols, path: Path) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise FormatError(f"{path}: missing column(s) {missing}. Expected layout:\n{LAYOUT}")
+
+
+def _is_control(names: pd.Series) -> np.ndarray:
+    return names.astype(str).str.startswith(CONTROL_PREFIXES).to_numpy()
+
+
+def _polygon_areas(path: Path) -> pd.Series:
+    """Shoelace area (µm²) of each cell's boundary polygon."""
+    b = _table(path)
+    _need(b, ["cell_id", "vertex_x", "vertex_y"], path)
+    b["cell_id"] = b["cell_id"].astype(str)
+
+    def area(g):
+        x, y = g["vertex_x"].to_numpy(float), g["vertex_y"].to_numpy(float)
+        return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+    return b.groupby("cell_id", sort=False)[["vertex_x", "vertex_y"]].apply(area)
+
+
+def _open_he(
+    image: str | Path | None, alignment: np.ndarray | None, mpp: float | None, pixel_size: float
+) -> tuple[SlideImage, str]:
+    if image is None:
+        raise InputFileError(
+            "read_xenium needs the H&E image (image=... / --image) and, unless the image is "
+            "already registered to the Xenium frame, its Xenium Explorer alignment matrix "
+            f"(alignment=...). Expected layout:\n{LAYOUT}"
+        )
+    path = Path(image)
+    if mpp is not None:
+        return open_image(path, mpp=mpp), "given"
+    if alignment is None:
+        try:
+            return open_image(path), f"metadata of {path.name}"
+        except UnitsError as e:
+            raise UnitsError(
+                f"{path} has no pixel size and no alignment matrix was given. Pass mpp=... "
+                "(--mpp), or the Xenium Explorer alignment matrix (alignment=...)."
+            ) from e
+    derived = pixel_size * math.sqrt(abs(np.linalg.det(alignment[:2, :2])))
+    try:
+        slide = open_image(path)
+        if abs(slide.mpp - derived) > 0.05 * derived:
+            log.warning(
+                "%s: file says %.4g µm/px, the alignment implies %.4g; using the file's value",
+                path,
+                slide.mpp,
+                derived,
+            )
+        return slide, f"metadata of {path.name}"
+    except UnitsError:
+        log.info("H&E mpp %.4g µm/px derived from the alignment's scale", derived)
+        return open_image(path, mpp=derived), "alignment matrix scale x pixel_size"
+
+
+def _pool_transcripts(
+    tx: pd.DataFrame, pool: str, size_um: float, pitch_um: float, genes: list[str]
+) -> tuple[sp.csr_matrix, list[str], np.ndarray, pd.DataFrame]:
+    """Counts per square/disc: ``(units x genes)``, ids, centres in µm, grid indices."""
+    x = tx["x_location"].to_numpy(float)
+    y = tx["y_location"].to_numpy(float)
+    gene_index = pd.Index(genes)
+    gcol = gene_index.get_indexer(tx["feature_name"].astype(str))
+    if pool == "square":
+        col = np.floor(x / size_um).astype(np.int64)
+        row = np.floor(y / size_um).astype(np.int64)
+        inside = np.ones(len(x), dtype=bool)
+        cx_of = lambda r, c: (c + 0.5) * size_um  # noqa: E731
+        cy_of = lambda r, c: (r + 0.5) * size_um  # noqa: E731
+    else:
+        # hexagonal grid: rows pitch*sqrt(3)/2 apart, odd rows shifted by half a pitch
+        dy = pitch_um * math.sqrt(3) / 2
+        row = np.rint(y / dy).astype(np.int64)
+        best_d2 = np.full(len(x), np.inf)
+        best_r = row.copy()
+        best_c = np.zeros(len(x), dtype=np.int64)
+        for dr in (-1, 0, 1):
+            r = row + dr
+            shift = (r % 2) * 0.5 * pitch_um
+            c = np.rint((x - shift) / pitch_um).astype(np.int64)
+            d2 = (x - (c * pitch_um + shift)) ** 2 + (y - r * dy) ** 2
+            better = d2 < best_d2
+            best_d2[better], best_r[better], best_c[better] = d2[better], r[better], c[better]
+        row, col = best_r, best_c
+        inside = best_d2 <= (size_um / 2) ** 2
+        cx_of = lambda r, c: c * pitch_um + (r % 2) * 0.5 * pitch_um  # noqa: E731
+        cy_of = lambda r, c: r * dy  # noqa: E731
+    keep = inside & (gcol >= 0)
+    row, col, gcol = row[keep], col[keep], gcol[keep]
+    uniq, codes = np.unique(np.stack([row, col], axis=1), axis=0, return_inverse=True)
+    uniq = uniq.reshape(-1, 2)
+    counts = sp.csr_matrix(
+        (np.ones(len(codes), dtype=np.float32), (codes.ravel(), gcol)),
+        shape=(len(uniq), len(genes)),
+    )
+    counts.sum_duplicates()
+    ur, uc = uniq[:, 0], uniq[:, 1]
+    centers = np.stack([cx_of(ur, uc), cy_of(ur, uc)], axis=1).astype(float)
+    prefix = "sq" if pool == "square" else "disc"
+    ids = [f"{prefix}_{r}_{c}" for r, c in zip(ur, uc, strict=True)]
+    grid = pd.DataFrame({"grid_row": ur, "grid_col": uc})
+    return counts, ids, centers, grid
+
+
+def read_xenium(
+    path: str | Path,
+    *,
+    image: str | Path | None = None,
+    alignment: str | Path | np.ndarray | None = None,
+    pool: str = "cells",
+    size_um: float | None = None,
+    pitch_um: float | None = None,
+    mpp: float | None = None,
+    min_qv: float = 20.0,
+    sample_id: str | None = None,
+    patient_id: str | None = None,
+) -> Sample:
+    """Read a Xenium output folder, pooled into cells, squares or discs, placed on the H&E.
+
+    Args:
+        path: the Xenium output folder.
+        image: the H&E image (any format :func:`~hexpress.io.open_image` reads).
+        alignment: Xenium Explorer's alignment matrix (CSV path or ``(3, 3)`` array), H&E pixels
+            -> Xenium morphology pixels. ``None``: the image is registered to the Xenium frame.
+        pool: ``"cells"``, ``"square"`` or ``"disc"`` (see the module docstring).
+        size_um: square side / disc diameter in µm (required for ``square`` and ``disc``;
+            for ``cells``, a diameter used only when the folder gives no cell areas).
+        pitch_um: disc centre spacing on the hexagonal grid; default ``2 * size_um``.
+        mpp: µm per pixel of the H&E image; default the file's value, else derived from the
+            alignment's scale (``pixel_size * sqrt(|det M|)``).
+        min_qv: transcripts below this quality are dropped when pooling transcripts.
+        sample_id: default the folder name.
+        patient_id: default ``sample_id``.
+
+    Returns:
+        A :class:`Sample` with disc (cells, discs) or square units, centres in H&E level-0 px.
+    """
+    root = require_dir(path, "Xenium output folder", LAYOUT)
+    if pool not in POOLS:
+        raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}.")
+    if pool != "cells":
+        if size_um is None:
+            raise UnitsError(f"pool={pool!r} needs size_um (square side / disc diameter in µm).")
+        size_um = positive(size_um, "size_um", "read_xenium")
+    spec_path = root / "experiment.xenium"
+    pixel_size = XENIUM_PIXEL_SIZE_UM
+    if spec_path.is_file():
+        pixel_size = positive(read_json(spec_path).get("pixel_size"), "pixel_size", spec_path) or (
+            XENIUM_PIXEL_SIZE_UM
+        )
+    M = None
+    if alignment is not None:
+        M = (
+            read_alignment(alignment)
+            if isinstance(alignment, (str, Path))
+            else np.asarray(alignment, dtype=float)
+        )
+        if M.shape != (3, 3):
+            raise FormatError(f"alignment must be a 3 x 3 matrix, got shape {M.shape}.")
+        angle = math.degrees(math.atan2(M[1, 0], M[0, 0]))
+        if pool == "square" and abs(angle) > 1 and abs(abs(angle) - 90) > 1:
+            log.warning(
+                "alignment rotates by %.1f°: squares are axis-aligned in the Xenium frame, so "
+                "they are rotated on the H&E image",
+                angle,
+            )
+    slide, mpp_source = _open_he(image, M, mpp, pixel_size)
+
+    matrix_path = first_existing(root, ["cell_feature_matrix.h5"])
+    if pool == "cells":
+        cells_path = find_file(root, ["cells.parquet", "cells.csv.gz"], "Cell table", LAYOUT)
+        h5 = find_file(root, ["cell_feature_matrix.h5"], "Cell-feature matrix", LAYOUT)
+        cells = _table(cells_path)
+        _need(cells, ["cell_id", "x_centroid", "y_centroid"], cells_path)
+        cells["cell_id"] = cells["cell_id"].astype(str)
+        cells = cells.drop_duplicates("cell_id").set_index("cell_id")
+        tenx = read_10x_h5(h5)
+        tenx = gene_expression_only(tenx, h5)
+        keep = ~_is_control(pd.Series(tenx.genes))
+        if not keep.all():
+            tenx = tenx.select_features(keep)
+        ids = pd.Index(tenx.barcodes)
+        unknown = ids.difference(cells.index)
+        if len(unknown):
+            raise DataMismatchError(
+                f"{len(unknown)} of {len(ids)} cells in {h5} are not in {cells_path} (e.g. "
+                f"{', '.join(unknown[:3])}). Both files must come from the same Xenium run."
+            )
+        c = cells.loc[ids]
+        if "cell_area" in c.columns:
+            area = c["cell_area"].to_numpy(float)
+            geom_src = "cell_area"
+        elif (root / "cell_boundaries.parquet").exists():
+            area = _polygon_areas(root / "cell_boundaries.parquet").reindex(ids).to_numpy(float)
+            geom_src = "cell_boundaries.parquet"
+        else:
+            area = None
+            geom_src = "size_um"
+        if area is not None:
+            diam = 2 * np.sqrt(np.clip(area, 0, None) / math.pi)
+            bad = ~np.isfinite(diam) | (diam <= 0)
+            if bad.any():
+                if size_um is None:
+                    raise UnitsError(
+                        f"{cells_path}: {int(bad.sum())} cell(s) have no positive area; pass "
+                        "size_um=... as their diameter in µm."
+                    )
+                diam[bad] = size_um
+        elif size_um is None:
+            raise UnitsError(
+                f"{cells_path} has no cell_area and there is no cell_boundaries.parquet; pass "
+                "size_um=... (a cell diameter in µm) to pool into cells."
+            )
+        else:
+            diam = np.full(len(ids), float(size_um))
+        xy_um = c[["x_centroid", "y_centroid"]].to_numpy(float)
+        counts, unit_ids, genes = tenx.counts, list(ids), tenx.genes
+        geometry, sizes = K.DISC, diam
+        obs = pd.DataFrame({"x_um": xy_um[:, 0], "y_um": xy_um[:, 1]})
+        source = h5
+        filt = {"features": "gene expression features of cell_feature_matrix.h5 (Q20)"}
+    else:
+        tx_path = find_file(
+            root, ["transcripts.parquet", "transcripts.csv.gz"], "Transcript table", LAYOUT
+        )
+        tx = _table(tx_path)
+        _need(tx, ["feature_name", "x_location", "y_location"], tx_path)
+        n0 = len(tx)
+        ok = ~_is_control(tx["feature_name"])
+        n_ctrl = int((~ok).sum())
+        if "qv" in tx.columns:
+            low = tx["qv"].to_numpy(float) < min_qv
+            n_lowq = int((low & ok).sum())
+            ok &= ~low
+        else:
+            n_lowq = 0
+            log.warning("%s has no qv column; no quality filter applied", tx_path)
+        tx = tx[ok]
+        log.info(
+            "%s: kept %d of %d transcripts (dropped %d control/unassigned, %d with qv < %g)",
+            tx_path.name,
+            len(tx),
+            n0,
+            n_ctrl,
+            n_lowq,
+            min_qv,
+        )
+        if matrix_path is not None:
+            panel = read_10x_h5(matrix_path)
+            genes = [
+                g
+                for g, t in zip(panel.genes, panel.feature_types, strict=True)
+                if t == "Gene Expression" and not g.startswith(CONTROL_PREFIXES)
+            ]
+        else:
+            genes = sorted(tx["feature_name"].astype(str).unique())
+        if pool == "disc":
+            pitch_um = 2 * size_um if pitch_um is None else positive(pitch_um, "pitch_um", "")
+            if pitch_um < size_um:
+                raise ConfigError(
+                    f"pitch_um={pitch_um:g} is smaller than the disc diameter {size_um:g}: discs "
+                    "would overlap. Use pitch_um >= size_um."
+                )
+        counts, unit_ids, xy_um, obs = _pool_transcripts(
+            tx, pool, size_um, pitch_um or size_um, genes
+        )
+        if not unit_ids:
+            raise DataMismatchError(f"{tx_path}: no transcript left to pool after filtering.")
+        obs["x_um"], obs["y_um"] = xy_um[:, 0], xy_um[:, 1]
+        geometry = K.SQUARE if pool == "square" else K.DISC
+        sizes = float(size_um)
+        source = tx_path
+        geom_src = "grid"
+        filt = {"min_qv": float(min_qv), "dropped_prefixes": list(CONTROL_PREFIXES)}
+    centers = xenium_to_image_px(xy_um, M, pixel_size, slide.mpp)
+    adata = make_units(
+        counts,
+        genes=genes,
+        unit_ids=unit_ids,
+        centers_px=centers,
+        geometry=geometry,
+        size_um=sizes,
+        source=source,
+        image=slide,
+        obs=obs,
+    )
+    sample_id = sample_id or root.name
+    log.info("Xenium %s: %d %s x %d genes on %s", sample_id, adata.n_obs, pool, adata.n_vars, slide)
+    return Sample(
+        adata=adata,
+        image=slide,
+        sample_id=sample_id,
+        patient_id=patient_id or sample_id,
+        technology="xenium",
+        meta={
+            "root": str(root),
+            "pool": pool,
+            "size_um": None if size_um is None else float(size_um),
+            "pitch_um": None if pitch_um is None else float(pitch_um),
+            "pixel_size_um": float(pixel_size),
+            "alignment": None if M is None else M.tolist(),
+            "mpp_source": mpp_source,
+            "cell_size_from": geom_src,
+            "filters": filt,
+        },
+    )

@@ -1,0 +1,60 @@
+import anndata as ad
+import numpy as np
+import pytest
+
+from hexpress.errors import ConfigError, UnitsError
+from hexpress.io import read_h5ad, read_visium, write_h5ad
+
+
+def test_write_read_roundtrip_keeps_scanpy_layout(visium_v2, tmp_path):
+    s = read_visium(visium_v2.root, sample_id="S1", patient_id="P1")
+    path = write_h5ad(s, tmp_path / "s.h5ad")
+    assert not (tmp_path / "s.h5ad.partial").exists()
+    raw = ad.read_h5ad(path)
+    lib = raw.uns["spatial"]["S1"]
+    # what sc.pl.spatial / sq.pl.spatial_scatter read
+    assert set(lib["images"]) == {"hires", "lowres"}
+    hires = lib["images"]["hires"]
+    assert hires.dtype == np.uint8 and hires.shape[2] == 3 and max(hires.shape[:2]) <= 2000
+    sf = lib["scalefactors"]
+    assert sf["tissue_hires_scalef"] == pytest.approx(hires.shape[1] / s.image.width)
+    assert sf["spot_diameter_fullres"] == pytest.approx(55 / s.image.mpp)
+    np.testing.assert_allclose(raw.obsm["spatial"], s.adata.obsm["spatial"])
+    assert raw.uns["hexpress"]["mpp_fullres"] == pytest.approx(s.image.mpp)
+
+    back = read_h5ad(path)
+    assert (back.sample_id, back.patient_id, back.technology) == ("S1", "P1", "visium")
+    np.testing.assert_array_equal(back.adata.X.toarray(), s.adata.X.toarray())
+    assert (back.adata.obs["size_um"] == 55).all()
+    # positions land on the stored hires image, at its pixel size
+    np.testing.assert_allclose(
+        back.adata.obsm["spatial"], s.adata.obsm["spatial"] * sf["tissue_hires_scalef"]
+    )
+    assert back.image.mpp == pytest.approx(s.image.mpp / sf["tissue_hires_scalef"])
+    assert "S1" in back.adata.uns["spatial"]
+    # and the file it read writes again
+    write_h5ad(back, tmp_path / "again.h5ad")
+
+
+def test_scanpy_style_file_needs_mpp(visium_v2, tmp_path):
+    s = read_visium(visium_v2.root)
+    path = write_h5ad(s, tmp_path / "s.h5ad")
+    a = ad.read_h5ad(path)
+    del a.uns["hexpress"]
+    del a.obs["size_um"], a.obs["geometry"]
+    a.write_h5ad(tmp_path / "plain.h5ad")
+    with pytest.raises(UnitsError, match=r"Pass mpp=.*55 /"):
+        read_h5ad(tmp_path / "plain.h5ad")
+    b = read_h5ad(tmp_path / "plain.h5ad", mpp=s.image.mpp)
+    assert b.adata.obs["size_um"].iloc[0] == pytest.approx(55.0)
+
+
+def test_several_libraries_need_a_choice(visium_v2, tmp_path):
+    s = read_visium(visium_v2.root)
+    path = write_h5ad(s, tmp_path / "s.h5ad")
+    a = ad.read_h5ad(path)
+    a.uns["spatial"]["other"] = a.uns["spatial"]["run1"]
+    a.write_h5ad(tmp_path / "two.h5ad")
+    with pytest.raises(ConfigError, match="several libraries"):
+        read_h5ad(tmp_path / "two.h5ad")
+    assert read_h5ad(tmp_path / "two.h5ad", library_id="other").n_units == s.n_units

@@ -1,0 +1,35 @@
+import h5py
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from hexpress.errors import FormatError, InputFileError
+from hexpress.io import read_10x_h5, write_10x_h5
+
+
+def test_roundtrip_follows_the_10x_layout(tmp_path, rng):
+    counts = sp.random(7, 5, density=0.4, random_state=0, format="csr") * 10
+    counts.data = np.rint(counts.data) + 1
+    path = write_10x_h5(tmp_path / "m.h5", counts, [f"bc{i}" for i in range(7)], list("ABCDE"))
+    with h5py.File(path) as f:
+        assert tuple(f["matrix/shape"][()]) == (5, 7)  # features x barcodes
+        assert f["matrix/data"].dtype == np.int32
+        assert f["matrix/features/name"][0] == b"A"
+        assert f["matrix/features/feature_type"][0] == b"Gene Expression"
+        assert f.attrs["filetype"] == b"matrix"
+    m = read_10x_h5(path)
+    np.testing.assert_array_equal(m.counts.toarray(), counts.toarray())
+    assert m.barcodes[3] == "bc3" and m.genes == list("ABCDE") and m.gene_ids == list("ABCDE")
+    assert not (tmp_path / "m.h5.partial").exists()
+
+
+def test_errors(tmp_path):
+    with pytest.raises(InputFileError):
+        read_10x_h5(tmp_path / "none.h5")
+    (tmp_path / "bad.h5").write_text("x")
+    with pytest.raises(FormatError, match="not a readable HDF5"):
+        read_10x_h5(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_group("other")
+    with pytest.raises(FormatError, match="not a 10x"):
+        read_10x_h5(tmp_path / "empty.h5")
