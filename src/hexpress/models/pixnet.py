@@ -1,0 +1,293 @@
+"""PixNet: a dense gene expression map from an H&E image (PixNet paper, Eq. 1-4).
+
+Encoder pyramid ``F_1..F_L`` (timm ``features_only``, levels of stride >= ``out_stride``) ->
+U-Net-style decoder -> 1x1 head to the genes, kept at the finest decoder stride:
+
+* ``D_0 = proj_L(F_L)`` (1x1 conv to the decoder width);
+* for ``l = L-1 .. 1``: ``Y = Dconv(D) + delta_l * proj_l(F_l)`` with a 2x2 stride-2 transposed
+  convolution ``Dconv`` and a learnable scalar ``delta_l`` (initialised to ``delta_init``), then
+  ``D = Y + DFFN(Y)``;
+* ``DFFN`` = per-pixel LayerNorm over channels -> 1x1 conv to ``hidden`` (512) -> depthwise 3x3
+  conv -> GELU -> 1x1 conv back to ``width``. The residual keeps the skip path open at
+  initialisation; the channel-only norm keeps every output cell a function of its receptive
+  field alone (no statistics over the image), so tiled inference equals an untiled pass.
+* head: 1x1 conv to ``n_genes`` ("field") or ``n_genes + 1`` followed by softplus ("density",
+  the last channel is the total count density); see :func:`hexpress.models.predict_units`.
+
+The input is padded on the bottom/right with white (the colour the slide reader returns outside
+the slide) to a multiple of the network's total reduction and the map is cropped back, so the map
+has ``ceil(H / stride)`` rows and cell ``(i, j)`` covers input pixels
+``[i*stride, (i+1)*stride) x [j*stride, (j+1)*stride)`` for any input size.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.layers import LayerNorm2d
+from torch import nn
+
+from hexpress.errors import ConfigError
+from hexpress.models._registry import register_model
+from hexpress.models.aggregate import MODES
+from hexpress.models.encoders import create_encoder, encoder_spec
+
+__all__ = ["PixNet", "DFFN", "estimate_receptive_field"]
+
+log = logging.getLogger(__name__)
+
+_PAD_VALUE = 1.0  # white, as read outside the slide
+
+
+class DFFN(nn.Module):
+    """Convolutional two-layer feed-forward block (pre-norm, depthwise 3x3 between the 1x1s)."""
+
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = LayerNorm2d(width)
+        self.fc1 = nn.Conv2d(width, hidden, 1)
+        self.dw = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.dw(self.fc1(self.norm(x)))))
+
+
+def _fit(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Crop or zero-pad ``x`` (bottom/right) to spatial ``shape``."""
+    h, w = shape
+    x = x[..., :h, :w]
+    ph, pw = h - x.shape[-2], w - x.shape[-1]
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x
+
+
+class PixNet(nn.Module):
+    """Dense model: ``(B, 3, H, W)`` float RGB in ``[0, 1]`` -> ``(B, n_out, ceil(H/s), ceil(W/s))``.
+
+    Attributes:
+        kind: ``"dense"``.
+        stride: input px per map cell.
+        reduction: the network's total downsampling; tiles aligned to it give identical maps.
+        n_genes: number of genes predicted.
+        n_out: output channels (``n_genes``, +1 total channel in density mode).
+        mode: ``"field"`` or ``"density"``.
+        receptive_field_px: see the property.
+    """
+
+    kind = "dense"
+    closed_form = False
+
+    def __init__(
+        self,
+        n_genes: int = 250,
+        *,
+        encoder: str = "tf_efficientnet_lite0",
+        pretrained: bool = True,
+        encoder_weights: str | None = None,
+        mode: str = "field",
+        out_stride: int = 4,
+        width: int = 128,
+        hidden: int = 512,
+        delta_init: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ConfigError(f"PixNet mode must be one of {MODES}, got {mode!r}.")
+        if int(n_genes) < 1:
+            raise ConfigError(f"n_genes must be >= 1, got {n_genes}.")
+        if not encoder_spec(encoder).dense:
+            raise ConfigError(
+                f"encoder {encoder!r} has a single-stride feature map and cannot feed PixNet's "
+                "decoder; use it in a patch model, or choose a CNN encoder."
+            )
+        self.encoder = create_encoder(encoder, pretrained=pretrained, weights=encoder_weights)
+        reductions = list(self.encoder.feature_info.reduction())
+        channels = list(self.encoder.feature_info.channels())
+        levels = [i for i, r in enumerate(reductions) if r >= out_stride]
+        if len(levels) < 2 or reductions[levels[0]] != out_stride:
+            raise ConfigError(
+                f"out_stride must be one of the encoder's strides with a coarser level above it: "
+                f"{sorted(set(reductions[:-1]))} for {encoder!r}, got {out_stride}."
+            )
+        self.levels = levels
+        self.n_genes = int(n_genes)
+        self.mode = mode
+        self.n_out = self.n_genes + (1 if mode == "density" else 0)
+        self.stride = int(out_stride)
+        self.reduction = int(reductions[levels[-1]])
+        for a, b in zip(levels[:-1], levels[1:], strict=False):
+            if reductions[b] != 2 * reductions[a]:
+                raise ConfigError(
+                    f"encoder {encoder!r} levels must halve in resolution, got {reductions}."
+                )
+        self.proj = nn.ModuleList(nn.Conv2d(channels[i], width, 1) for i in levels)
+        n_up = len(levels) - 1
+        self.up = nn.ModuleList(nn.ConvTranspose2d(width, width, 2, stride=2) for _ in range(n_up))
+        self.delta = nn.ParameterList(
+            nn.Parameter(torch.full((1,), float(delta_init))) for _ in range(n_up)
+        )
+        self.dffn = nn.ModuleList(DFFN(width, hidden) for _ in range(n_up))
+        self.head = nn.Conv2d(width, self.n_out, 1)
+        self._receptive_field_px: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ConfigError(f"PixNet takes (B, 3, H, W) RGB, got shape {tuple(x.shape)}.")
+        h, w = x.shape[-2:]
+        r = self.reduction
+        ph, pw = (-h) % r, (-w) % r
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), value=_PAD_VALUE)
+        feats = self.encoder(x)
+        feats = [feats[i] for i in self.levels]
+        d = self.proj[-1](feats[-1])
+        for k in range(len(feats) - 2, -1, -1):
+            f = feats[k]
+            y = _fit(self.up[k](d), f.shape[-2:]) + self.delta[k] * self.proj[k](f)
+            d = y + self.dffn[k](y)
+        out = self.head(d)
+        if self.mode == "density":
+            out = F.softplus(out)
+        return out[..., : math.ceil(h / self.stride), : math.ceil(w / self.stride)]
+
+    @torch.no_grad()
+    def set_output_bias(self, target_mean: torch.Tensor, scale: float | None = None) -> None:
+        """Start the head at the training mean so early steps do not fight a constant offset.
+
+        Args:
+            target_mean: ``(n_genes,)`` mean normalised expression of the training units.
+            scale: the normalisation scale (density mode: ``log1p(scale * g / total)``).
+        """
+        m = torch.as_tensor(target_mean, dtype=self.head.bias.dtype).reshape(-1)
+        if m.numel() != self.n_genes:
+            raise ConfigError(f"target_mean has {m.numel()} values for {self.n_genes} genes.")
+        if self.mode == "field":
+            self.head.bias.copy_(m)
+            return
+        if scale is None or not scale > 0:
+            raise ConfigError("density mode needs the normalisation scale to set the bias.")
+        # softplus(b_total) = 1 and softplus(b_g) = expm1(mean) / scale.
+        dens = torch.expm1(m).clamp_min(1e-6) / float(scale)
+        self.head.bias[:-1] = dens + torch.log(-torch.expm1(-dens))
+        self.head.bias[-1] = math.log(math.e - 1.0)
+
+    @property
+    def receptive_field_px(self) -> int:
+        """Input px beyond a map cell's own ``stride`` block, on any side, that can change it.
+
+        Measured once (then cached) by :func:`estimate_receptive_field`: the support of the
+        gradient of one map cell with respect to the input, on a copy of the model whose weights
+        are made positive so that no path is hidden, rounded up to a multiple of
+        :attr:`reduction` plus one more. It depends on the architecture only, not on the
+        weights. A tile margin of this many px makes tiled maps equal untiled ones.
+        """
+        if self._receptive_field_px is None:
+            self._receptive_field_px = estimate_receptive_field(self)
+        return self._receptive_field_px
+
+
+def _structural_probe(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose every path from input to output carries a nonzero gradient.
+
+    Trained or freshly initialised weights can hide paths (zero-initialised residual branches,
+    dead ReLUs), so the copy gets positive weights scaled by their fan-in, identity norms and
+    zero biases: with a positive input every activation stays positive and moderate.
+    """
+    probe = copy.deepcopy(model).float().eval()
+    with torch.no_grad():
+        for mod in probe.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if name == "weight" and p.ndim >= 2:
+                    fan = p.shape[0] if isinstance(mod, nn.ConvTranspose2d) else p[0].numel()
+                    p.uniform_(0.5, 1.0).div_(max(fan, 1))
+                elif name == "bias":
+                    p.zero_()
+                else:
+                    p.fill_(1.0)
+            for name, b in mod.named_buffers(recurse=False):
+                if name == "running_mean":
+                    b.zero_()
+                elif name == "running_var":
+                    b.fill_(1.0)
+    return probe
+
+
+def estimate_receptive_field(model: nn.Module, *, max_px: int = 4096) -> int:
+    """One-sided receptive field (input px beyond a cell's block) of a dense model.
+
+    Measured on a structural copy (:func:`_structural_probe`) from the support of the gradient
+    of one central map cell with respect to the input, on canvases long in one axis and 64 px
+    in the other (doubling until the support stays inside), then rounded up to a multiple of
+    the model's ``reduction`` plus one more.
+    """
+    stride = int(model.stride)
+    align = int(getattr(model, "reduction", stride))
+    probe = _structural_probe(model)
+    margins = []
+    for axis in (0, 1):
+        size = 256
+        while True:
+            shape = [64, 64]
+            shape[axis] = size
+            gen = torch.Generator().manual_seed(0)
+            # Positive after any encoder's mean/std normalisation.
+            x = (0.7 + 0.3 * torch.rand(1, 3, *shape, generator=gen)).requires_grad_(True)
+            with torch.enable_grad():
+                out = probe(x)
+                ci = [out.shape[-2] // 2, out.shape[-1] // 2]
+                (g,) = torch.autograd.grad(out[0, :, ci[0], ci[1]].sum(), x)
+            support = g.abs().sum(dim=(0, 1)).amax(dim=1 - axis) > 0
+            idx = torch.nonzero(support).ravel()
+            lo, hi = int(idx.min()), int(idx.max())
+            touches = lo == 0 or hi == size - 1
+            if touches and size < max_px:
+                size *= 2
+                continue
+            if touches:
+                log.warning(
+                    "a map cell depends on input %d px away or more: the encoder has global "
+                    "context (e.g. squeeze-excitation), so tiled inference will not equal "
+                    "an untiled pass exactly",
+                    max_px // 2,
+                )
+            start = ci[axis] * stride
+            margins.append(max(start - lo, hi - (start + stride - 1), 0))
+            break
+    margin = max(margins)
+    return (math.ceil(margin / align) + 1) * align
+
+
+# -- registered variants -------------------------------------------------------------------------
+
+
+@register_model(kind="dense", encoder="tf_efficientnet_lite0")
+def pixnet(n_genes: int = 250, *, encoder: str = "tf_efficientnet_lite0", **kwargs) -> PixNet:
+    """PixNet with an EfficientNet-Lite0 encoder (ImageNet weights packaged), stride 4."""
+    return PixNet(n_genes, encoder=encoder, **kwargs)
+
+
+@register_model(kind="dense", encoder="tf_efficientnet_lite0")
+def pixnet_lite0(n_genes: int = 250, **kwargs) -> PixNet:
+    """PixNet with an EfficientNet-Lite0 encoder (ImageNet weights packaged), stride 4."""
+    return PixNet(n_genes, encoder="tf_efficientnet_lite0", **kwargs)
+
+
+@register_model(kind="dense", encoder="resnet18")
+def pixnet_resnet18(n_genes: int = 250, **kwargs) -> PixNet:
+    """PixNet with a ResNet-18 encoder as in the paper (weights from a local file)."""
+    return PixNet(n_genes, encoder="resnet18", **kwargs)
+
+
+@register_model(kind="dense", encoder="test_resnet")
+def test_pixnet(n_genes: int = 8, *, pretrained: bool = False, **kwargs) -> PixNet:
+    """Tiny untrained PixNet (width 16) for tests."""
+    kwargs.setdefault("width", 16)
+    kwargs.setdefault("hidden", 32)
+    return PixNet(n_genes, encoder="test_resnet", pretrained=pretrained, **kwargs)

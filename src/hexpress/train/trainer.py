@@ -1,0 +1,770 @@
+"""The training workflow: ``train(config) -> RunResult``.
+
+One entry function for every model (after litgpt): dense models learn from crops holding several
+units, patch models from spot-centred patches, both with Adam (paper: lr 5e-4, weight decay 1e-4)
+and the loss MSE + lam * (1 - PCC) summed over geometries; closed-form baselines (frozen encoder
++ PCA + ridge, training mean) are fitted in one pass over the training patches.
+
+A run folder holds::
+
+    config.yaml                 the resolved config
+    log.csv                     step, split (train/val), loss, mse, pcc, lr, time_s
+    last.{safetensors,json}     checkpoint every run.ckpt_every steps (hexpress checkpoint)
+    state.{safetensors,json}    training state: model + optimiser tensors, step, RNG states
+    model.{safetensors,json}    the final checkpoint
+    summary.json                what :class:`RunResult` reports
+    tensorboard/                when TensorBoard is installed and run.tensorboard is on
+
+Nothing is pickled: tensors go to safetensors, everything else to JSON. Every file is written to
+a temporary name and moved into place, so a killed run leaves the previous state intact and
+``resume=True`` continues from it; because each batch is a pure function of (seed, step, rank)
+and the optimiser and RNG states are restored, a resumed run reaches the same weights as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hexpress.data.sample import Sample
+from hexpress.errors import CheckpointError, ConfigError, OutputExistsError
+from hexpress.train.config import TrainConfig, config_to_dict, save_config
+from hexpress.train.data import (
+    DenseBatch,
+    DenseCropDataset,
+    PatchDataset,
+    TrainingData,
+    all_train_patches,
+    dense_val_batches,
+    load_training_data,
+    patch_val_batches,
+)
+from hexpress.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+
+__all__ = ["RunResult", "train", "load_training_state", "STATE", "LAST", "FINAL"]
+
+log = logging.getLogger(__name__)
+
+STATE = "state"
+LAST = "last"
+FINAL = "model"
+LOG_COLUMNS = ("step", "split", "loss", "mse", "pcc", "lr", "time_s")
+# keys that may differ when a run is resumed (how long and how it is watched, not what it learns)
+_RESUME_FREE = {
+    "optim.max_steps",
+    "optim.epochs",
+    "run.out_dir",
+    "run.log_every",
+    "run.val_every",
+    "run.ckpt_every",
+    "run.num_workers",
+    "run.device",
+    "run.threads",
+    "run.progress",
+    "run.tensorboard",
+}
+
+
+@dataclass
+class RunResult:
+    """What a training run produced.
+
+    Attributes:
+        out_dir: the run folder.
+        checkpoint: the final checkpoint's JSON file (load with
+            :func:`hexpress.models.load_checkpoint`).
+        steps: optimiser steps done in total (0 for closed-form baselines).
+        start_step: the step this call started from (> 0 when resumed).
+        train_loss: mean training loss over the last logged window (None: none).
+        val: validation metrics per geometry: ``{"mse", "pcc", "n_units", "n_genes"}``.
+        genes: the genes the model predicts.
+        model_mpp: µm per input pixel of the model.
+        wall_s: seconds this call took.
+        config: the resolved config.
+        model: the trained model (unwrapped, on the training device, in eval mode).
+    """
+
+    out_dir: Path
+    checkpoint: Path
+    steps: int
+    start_step: int
+    train_loss: float | None
+    val: dict[str, dict[str, float]]
+    genes: list[str]
+    model_mpp: float
+    wall_s: float
+    config: TrainConfig | None = field(repr=False, default=None)
+    model: nn.Module | None = field(repr=False, default=None)
+
+    def to_dict(self) -> dict:
+        return {
+            "out_dir": str(self.out_dir),
+            "checkpoint": str(self.checkpoint),
+            "steps": self.steps,
+            "start_step": self.start_step,
+            "train_loss": self.train_loss,
+            "val": self.val,
+            "n_genes": len(self.genes),
+            "model_mpp": self.model_mpp,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    # hexpress draws from seeded Generators; the global state is seeded for third-party code
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def _identity(x):
+    return x
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and not key.startswith(("model.kwargs", "data.samples")):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _lr_at(step: int, config: TrainConfig, max_steps: int) -> float:
+    o = config.optim
+    f = 1.0
+    if o.warmup_steps and step < o.warmup_steps:
+        f = (step + 1) / o.warmup_steps
+    if o.schedule == "cosine" and max_steps > 0:
+        f *= 0.5 * (1 + math.cos(math.pi * min(step, max_steps) / max_steps))
+    return o.lr * f
+
+
+def _metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    from hexpress.models.loss import per_gene_pcc
+
+    if pred.shape[0] == 0:
+        return {"mse": float("nan"), "pcc": float("nan"), "n_units": 0, "n_genes": 0}
+    pred, target = pred.detach().float().cpu(), target.detach().float().cpu()
+    pcc, valid = per_gene_pcc(pred, target)
+    n = int(valid.sum())
+    return {
+        "mse": float((pred - target).pow(2).mean()),
+        "pcc": float(pcc[valid].mean()) if n else float("nan"),
+        "n_units": int(pred.shape[0]),
+        "n_genes": n,
+    }
+
+
+# -- training state (no pickle) -------------------------------------------------------------------
+
+
+def _save_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
+    sd = opt.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[k] = v
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    np_state = np.random.get_state()  # noqa: NPY002
+    tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
+    py_state = random.getstate()
+    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=out)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp)
+        os.replace(tmp, out / f"{STATE}.safetensors")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    meta = {
+        "format": "hexpress-train-state",
+        "step": int(step),
+        "param_groups": sd["param_groups"],
+        "optim_scalars": scalars,
+        "rng_numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
+        "tensors_sha256": _sha256(out / f"{STATE}.safetensors"),
+    }
+    _atomic_text(out / f"{STATE}.json", json.dumps(meta))
+
+
+def load_training_state(out_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(meta, tensors)`` of a run's training state (checked against its hash).
+
+    Raises:
+        CheckpointError: missing, foreign or half-written state.
+    """
+    from safetensors.torch import load_file
+
+    out = Path(out_dir)
+    jpath, tpath = out / f"{STATE}.json", out / f"{STATE}.safetensors"
+    if not jpath.is_file() or not tpath.is_file():
+        raise CheckpointError(
+            f"{out} holds no training state ({jpath.name} + {tpath.name}); nothing to resume. "
+            "Start the run without resume."
+        )
+    try:
+        meta = json.loads(jpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{jpath} is not valid JSON ({e}).") from e
+    if meta.get("format") != "hexpress-train-state":
+        raise CheckpointError(f"{jpath} is not a hexpress training state.")
+    if _sha256(tpath) != meta.get("tensors_sha256"):
+        raise CheckpointError(
+            f"{tpath} does not match the hash in {jpath.name}: it was modified or half written."
+        )
+    return meta, load_file(str(tpath), device="cpu")
+
+
+def _restore_state(meta: dict, tensors: dict, model: nn.Module, opt: torch.optim.Optimizer):
+    model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    model.load_state_dict(model_sd, strict=True)
+    state: dict[int, dict[str, Any]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for idx, sc in meta.get("optim_scalars", {}).items():
+        state.setdefault(int(idx), {}).update(sc)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = meta["rng_numpy"]
+    np.random.set_state(  # noqa: NPY002
+        (name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss)
+    )
+    v, st, g = meta["rng_python"]
+    random.setstate((v, tuple(st), g))
+
+
+# -- the log ------------------------------------------------------------------------------------
+
+
+class _Log:
+    """CSV log (+ TensorBoard when available), written by the main process only."""
+
+    def __init__(self, out: Path, start_step: int, tensorboard: bool):
+        self.path = out / "log.csv"
+        rows = []
+        if start_step > 0 and self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
+        self.file = open(self.path, "w", newline="")  # noqa: SIM115  (closed in close())
+        self.writer = csv.DictWriter(self.file, fieldnames=LOG_COLUMNS)
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.file.flush()
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"))
+            except (ImportError, ModuleNotFoundError):
+                log.debug("TensorBoard is not installed; logging to CSV only")
+
+    def row(self, step: int, split: str, values: dict, lr: float, t: float) -> None:
+        self.writer.writerow(
+            {
+                "step": step,
+                "split": split,
+                "loss": _fmt(values.get("loss")),
+                "mse": _fmt(values.get("mse")),
+                "pcc": _fmt(values.get("pcc")),
+                "lr": f"{lr:.6g}",
+                "time_s": f"{t:.3f}",
+            }
+        )
+        self.file.flush()
+        if self.tb is not None:
+            for k in ("loss", "mse", "pcc"):
+                v = values.get(k)
+                if v is not None and math.isfinite(v):
+                    self.tb.add_scalar(f"{split}/{k}", v, step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v) -> str:
+    return "" if v is None else f"{float(v):.6g}"
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _check_resume_config(saved: dict, config: TrainConfig, path: Path) -> None:
+    a, b = _flatten(saved), _flatten(config_to_dict(config))
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_FREE)
+    if diff:
+        raise ConfigError(
+            f"cannot resume: the config differs from the run's {path} in "
+            f"{', '.join(f'{k} ({a.get(k)!r} -> {b.get(k)!r})' for k in diff[:8])}. Resume with "
+            "the same config (only max_steps/epochs and logging options may change), or start "
+            "a new run folder."
+        )
+
+
+def _prepare_out(out: Path, config: TrainConfig, resume: bool, main: bool) -> int:
+    """Check the run folder; returns the step to start from (0: fresh)."""
+    state_json = out / f"{STATE}.json"
+    start = 0
+    if resume and state_json.is_file():
+        meta = json.loads(state_json.read_text())
+        start = int(meta.get("step", 0))
+        cfg_path = out / "config.yaml"
+        if cfg_path.is_file():
+            import yaml
+
+            _check_resume_config(yaml.safe_load(cfg_path.read_text()), config, cfg_path)
+    elif resume:
+        log.warning("%s has no training state yet; starting from step 0", out)
+    elif main and out.is_dir() and (state_json.is_file() or (out / f"{FINAL}.json").is_file()):
+        raise OutputExistsError(
+            f"{out} already holds a training run. Continue it with --resume (resume=True), or "
+            "choose another folder (--out / run.out_dir)."
+        )
+    return start
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _dense_loss(model, batch: DenseBatch, data: TrainingData, config, device, scale, mode):
+    from hexpress.models.aggregate import predict_units
+    from hexpress.models.loss import pixnet_loss
+
+    maps = model(batch.images.to(device, non_blocking=True))
+    total = maps.sum() * 0.0  # keeps every parameter in the graph even with no unit
+    per_geom = []
+    for g, geom in enumerate(config.data.geometries):
+        n = batch.targets[g].shape[0]
+        if n == 0 or geom.weight == 0:
+            continue
+        pred = predict_units(maps, batch.weights[g], mode, scale)
+        target = batch.targets[g].to(device)
+        total = total + geom.weight * pixnet_loss(pred, target, lam=config.loss.lam)
+        per_geom.append((pred.detach(), target))
+    return total, per_geom
+
+
+@torch.no_grad()
+def _validate(model, batches, kind, config, device, scale, mode) -> dict[str, dict[str, float]]:
+    from hexpress.models.aggregate import predict_units
+
+    model.eval()
+    names = (
+        [g.name for g in config.data.geometries]
+        if kind == "dense"
+        else [config.data.geometries[0].name]
+    )
+    preds: list[list[torch.Tensor]] = [[] for _ in names]
+    targets: list[list[torch.Tensor]] = [[] for _ in names]
+    for batch in batches:
+        out = model(batch.images.to(device))
+        if kind == "dense":
+            for g in range(len(names)):
+                if batch.targets[g].shape[0]:
+                    preds[g].append(predict_units(out, batch.weights[g], mode, scale).cpu())
+                    targets[g].append(batch.targets[g])
+        else:
+            preds[0].append(out.cpu())
+            targets[0].append(batch.targets)
+    result = {}
+    for g, name in enumerate(names):
+        if preds[g]:
+            result[name] = _metrics(torch.cat(preds[g]), torch.cat(targets[g]))
+    model.train()
+    return result
+
+
+def _mean_metric(val: dict, key: str) -> float | None:
+    vals = [v[key] for v in val.values() if v.get("n_units")]
+    vals = [v for v in vals if math.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    samples: Mapping[str, Sample | Sequence[Sample]] | None = None,
+) -> RunResult:
+    """Train (or fit) a model as ``config`` says and write the run folder.
+
+    Args:
+        config: the resolved config (:func:`hexpress.train.load_config`).
+        resume: continue the run in ``config.run.out_dir`` from its last training state.
+        samples: already-read samples by id (one per geometry), instead of reading
+            ``config.data`` from disk (tests, notebooks).
+
+    Returns:
+        :class:`RunResult`.
+
+    Raises:
+        ConfigError: an invalid combination (e.g. crop not a multiple of the stride).
+        OutputExistsError: the folder holds a run and ``resume`` is false.
+    """
+    from hexpress.models import create_model, model_info, save_checkpoint
+
+    t_start = time.perf_counter()
+    cfg = config
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device)
+    try:
+        return _train(cfg, resume, samples, device, dist, t_start, create_model, model_info,
+                      save_checkpoint)  # fmt: skip
+    finally:
+        cleanup(dist)
+
+
+def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, model_info,
+           save_checkpoint) -> RunResult:  # fmt: skip
+    out = Path(cfg.run.out_dir)
+    main = dist.is_main
+    start_step = _prepare_out(out, cfg, resume, main)
+    barrier(dist)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log.info("run folder: %s", out)
+    _seed_everything(cfg.run.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    data = load_training_data(cfg.data, seed=cfg.run.seed, samples=samples)
+    genes = data.genes
+    info = model_info(cfg.model.name)
+    kind = info["kind"]
+    kwargs = dict(cfg.model.kwargs)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights whatever was drawn before
+    model = create_model(cfg.model.name, n_genes=len(genes), **kwargs)
+    scale = float(cfg.data.norm_scale)
+    mode = getattr(model, "mode", "field")
+    world, rank = dist.world_size, dist.rank
+    if kind == "dense":
+        if len(cfg.data.geometries) < 1:
+            raise ConfigError("data.geometries is empty.")
+        model_mpp = float(cfg.data.model_mpp)
+        for s in data.train + data.val:
+            s.preload(model_mpp, cfg.data.preload_max_mpx)
+        dataset: DenseCropDataset | PatchDataset = DenseCropDataset(
+            data.train,
+            crop_px=cfg.data.crop_px,
+            model_mpp=model_mpp,
+            stride=int(model.stride),
+            batch_size=cfg.optim.batch_size,
+            seed=cfg.run.seed,
+            augment=cfg.augment,
+            min_coverage=cfg.data.min_coverage,
+            rank=rank,
+            world_size=world,
+        )
+    else:
+        if len(cfg.data.geometries) != 1:
+            raise ConfigError(
+                f"patch model {cfg.model.name!r} learns from one geometry, got "
+                f"{len(cfg.data.geometries)} in data.geometries; keep one."
+            )
+        patch_um, input_px = float(model.patch_um), int(model.input_px)
+        model_mpp = patch_um / input_px
+        for s in data.train + data.val:
+            s.preload(max(model_mpp, s.image.mpp), cfg.data.preload_max_mpx)
+        dataset = PatchDataset(
+            data.train,
+            patch_um=patch_um,
+            input_px=input_px,
+            batch_size=cfg.optim.batch_size,
+            seed=cfg.run.seed,
+            augment=cfg.augment,
+            rank=rank,
+            world_size=world,
+        )
+    model.to(device)
+
+    def val_batches():
+        if kind == "dense":
+            src = [(data.val, True), (data.train, False)]
+            for slides, all_units in src:
+                if slides:
+                    yield from dense_val_batches(
+                        dataset, slides, all_units=all_units,
+                        max_units=cfg.run.val_max_units, seed=cfg.run.seed,
+                    )  # fmt: skip
+        else:
+            for slides, all_units in [(data.val, True), (data.train, False)]:
+                if slides:
+                    yield from patch_val_batches(
+                        dataset, slides, all_units=all_units,
+                        max_units=cfg.run.val_max_units, seed=cfg.run.seed,
+                    )  # fmt: skip
+
+    def save(name: str, step: int, val: dict, m: nn.Module) -> Path:
+        _, jpath = save_checkpoint(
+            out / name,
+            m,
+            model_name=cfg.model.name,
+            model_kwargs={**kwargs, "n_genes": len(genes)},
+            model_mpp=model_mpp,
+            genes=genes,
+            normalization=data.normalization,
+            config=config_to_dict(cfg),
+            extra={
+                "step": int(step),
+                "val": val,
+                "geometries": data.geometries,
+                "train_samples": [s.sample_id for s in data.train],
+                "val_samples": [s.sample_id for s in data.val],
+            },
+        )
+        return jpath
+
+    if getattr(model, "closed_form", False):
+        return _fit_closed_form(
+            cfg, model, dataset, data, val_batches, save, device, dist, out, t_start, model_mpp
+        )
+
+    if start_step == 0 and cfg.model.init_bias and hasattr(model, "set_output_bias"):
+        model.set_output_bias(torch.from_numpy(data.target_mean()), scale=scale)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    max_steps = cfg.optim.max_steps
+    if cfg.optim.epochs is not None:
+        per_step = cfg.optim.batch_size * world
+        max_steps = math.ceil(cfg.optim.epochs * data.n_train_units() / per_step)
+    if start_step:
+        meta, tensors = load_training_state(out)
+        _restore_state(meta, tensors, model, opt)
+        model.to(device)
+        log.info("resumed from step %d", start_step)
+        if start_step > max_steps:
+            raise ConfigError(
+                f"the run is at step {start_step}, beyond max_steps={max_steps}; raise "
+                "optim.max_steps to continue it."
+            )
+    ddp = model
+    if dist.distributed:
+        ddp = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    steps = range(start_step, max_steps)
+    if cfg.run.num_workers > 0:
+        batches = iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                sampler=list(steps),
+                num_workers=cfg.run.num_workers,
+                collate_fn=_identity,
+                pin_memory=device.type == "cuda",
+            )
+        )
+    else:
+        batches = (dataset[s] for s in steps)
+    logger = _Log(out, start_step, cfg.run.tensorboard) if main else None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=max_steps,
+        initial=start_step,
+        desc=f"train {cfg.model.name}",
+        disable=not (main and cfg.run.progress),
+        dynamic_ncols=True,
+    )
+    window: list[tuple[float, float, float]] = []
+    last_loss: float | None = None
+    val: dict = {}
+    t0 = time.perf_counter()
+    ddp.train()
+    step = start_step
+    try:
+        for step in steps:
+            batch = next(batches)
+            lr = _lr_at(step, cfg, max_steps)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            if kind == "dense":
+                loss, parts = _dense_loss(ddp, batch, data, cfg, device, scale, mode)
+            else:
+                from hexpress.models.loss import pixnet_loss
+
+                pred = ddp(batch.images.to(device, non_blocking=True))
+                target = batch.targets.to(device)
+                loss = pixnet_loss(pred, target, lam=cfg.loss.lam)
+                parts = [(pred.detach(), target)]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            opt.step()
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise ConfigError(
+                    f"the loss became {lv} at step {step + 1}; lower optim.lr or check the data."
+                )
+            ms = [_metrics(p, t) for p, t in parts]
+            window.append(
+                (
+                    lv,
+                    float(np.nanmean([m["mse"] for m in ms])) if ms else float("nan"),
+                    float(np.nanmean([m["pcc"] for m in ms])) if ms else float("nan"),
+                )
+            )
+            done = step + 1
+            bar.update(1)
+            if done % cfg.run.log_every == 0 or done == max_steps:
+                arr = np.asarray(window, dtype=np.float64)
+                with np.errstate(all="ignore"):
+                    row = dict(zip(("loss", "mse", "pcc"), np.nanmean(arr, axis=0), strict=True))
+                last_loss = float(row["loss"])
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                if logger:
+                    logger.row(done, "train", row, lr, time.perf_counter() - t0)
+                window = []
+            want_val = data.has_val() and (
+                (cfg.run.val_every and done % cfg.run.val_every == 0) or done == max_steps
+            )
+            if want_val and main:
+                val = _validate(_unwrap(ddp), val_batches(), kind, cfg, device, scale, mode)
+                vrow = {"mse": _mean_metric(val, "mse"), "pcc": _mean_metric(val, "pcc")}
+                if logger:
+                    logger.row(done, "val", vrow, lr, time.perf_counter() - t0)
+                log.info("step %d validation: %s", done, val)
+            if main and cfg.run.ckpt_every and done % cfg.run.ckpt_every == 0 and done < max_steps:
+                save(LAST, done, val, _unwrap(ddp))
+                _save_state(out, _unwrap(ddp), opt, done)
+            if cfg.run.ckpt_every and done % cfg.run.ckpt_every == 0:
+                barrier(dist)
+        final_step = max_steps
+        if main:
+            save(LAST, final_step, val, _unwrap(ddp))
+            _save_state(out, _unwrap(ddp), opt, final_step)
+            ckpt = save(FINAL, final_step, val, _unwrap(ddp))
+        barrier(dist)
+    finally:
+        bar.close()
+        if logger:
+            logger.close()
+    result = RunResult(
+        out_dir=out,
+        checkpoint=out / f"{FINAL}.json" if not main else ckpt,
+        steps=max_steps,
+        start_step=start_step,
+        train_loss=last_loss,
+        val=val,
+        genes=genes,
+        model_mpp=model_mpp,
+        wall_s=time.perf_counter() - t_start,
+        config=cfg,
+        model=_unwrap(ddp).eval(),
+    )
+    if main:
+        _atomic_text(out / "summary.json", json.dumps(result.to_dict(), indent=1))
+    return result
+
+
+def _fit_closed_form(cfg, model, dataset, data, val_batches, save, device, dist, out, t_start,
+                     model_mpp) -> RunResult:  # fmt: skip
+    """Frozen encoder + PCA + ridge, or the training mean: one pass over the training patches."""
+    from tqdm.auto import tqdm
+
+    feats, targets = [], []
+    wants_features = hasattr(model, "features")
+    batches = all_train_patches(dataset, max(cfg.optim.batch_size, 32))
+    n = len(dataset.stream)
+    with torch.no_grad():
+        bar = tqdm(total=n, desc=f"features {cfg.model.name}", disable=not cfg.run.progress)
+        for batch in batches:
+            if wants_features:
+                feats.append(model.features(batch.images.to(device)).cpu())
+            targets.append(batch.targets)
+            bar.update(len(batch.targets))
+        bar.close()
+    y = torch.cat(targets)
+    if wants_features:
+        model.fit(torch.cat(feats), y)
+    else:
+        model.fit(y)
+    val = {}
+    if data.has_val() and dist.is_main:
+        scale = float(cfg.data.norm_scale)
+        val = _validate(model, val_batches(), "patch", cfg, device, scale, "field")
+    ckpt = out / f"{FINAL}.json"
+    if dist.is_main:
+        ckpt = save(FINAL, 0, val, model)
+    result = RunResult(
+        out_dir=out,
+        checkpoint=ckpt,
+        steps=0,
+        start_step=0,
+        train_loss=None,
+        val=val,
+        genes=data.genes,
+        model_mpp=model_mpp,
+        wall_s=time.perf_counter() - t_start,
+        config=cfg,
+        model=model.eval(),
+    )
+    if dist.is_main:
+        _atomic_text(out / "summary.json", json.dumps(result.to_dict(), indent=1))
+    return result

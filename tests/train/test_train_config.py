@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hexpress.errors import ConfigError, InputFileError
+from hexpress.train import TrainConfig, config_to_dict, load_config, save_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_precedence_defaults_yaml_cli(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        yaml.safe_dump({"optim": {"lr": 1e-3, "batch_size": 3}, "data": {"crop_px": 96}})
+    )
+    assert load_config().optim.lr == TrainConfig().optim.lr == 5e-4  # defaults
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-3 and cfg.optim.batch_size == 3 and cfg.data.crop_px == 96
+    assert cfg.optim.weight_decay == 1e-4  # untouched default
+    cfg = load_config(path, ["optim.lr=2e-4", "data.train=[C2,C3]", "model.kwargs.mode=density"])
+    assert cfg.optim.lr == 2e-4  # the command line wins over YAML
+    assert cfg.optim.batch_size == 3  # YAML wins over the default
+    assert cfg.data.train == ["C2", "C3"]
+    assert cfg.model.kwargs == {"mode": "density"}
+
+
+def test_override_types_follow_fields():
+    cfg = load_config(None, ["data.train=C2", "run.threads=null", "data.genes.names=[A,B]"])
+    assert cfg.data.train == ["C2"] and cfg.run.threads is None
+    assert cfg.data.genes.names == ["A", "B"]
+    cfg = load_config(None, ["data.samples.X.path=/d", "data.samples.X.mpp=0.5"])
+    assert cfg.data.samples["X"].path == "/d" and cfg.data.samples["X"].mpp == 0.5
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(None, ["optim.max_steps=many"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(None, ["augment.flips=maybe"])
+
+
+def test_unknown_keys_are_errors_listing_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.lrate.*valid keys of optim: lr, weight_decay"):
+        load_config(None, ["optim.lrate=1"])
+    with pytest.raises(ConfigError, match="valid keys of data.samples.S: path, format"):
+        load_config(None, ["data.samples.S.pth=x"])
+    path = tmp_path / "r.yaml"
+    path.write_text("optim: {lr: 1.0e-3, momentum: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"r\.yaml.*optim\.momentum.*valid keys"):
+        load_config(path)
+    path.write_text("trainer: {}\n")
+    with pytest.raises(ConfigError, match="unknown config key.*trainer.*data, model, optim"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["optim.lr"])
+    with pytest.raises(InputFileError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("run.device=gpu", "run.device"),
+        ("optim.lr=-1", "optim.lr"),
+        ("data.crop_px=8", "data.crop_px"),
+        ("data.genes.method=random", "data.genes.method"),
+        ("model.kwargs.n_genes=3", "n_genes"),
+        ("data.val_fraction=1.5", "val_fraction"),
+    ],
+)
+def test_invalid_values(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_train_and_test_must_not_overlap():
+    with pytest.raises(ConfigError, match="both trained"):
+        load_config(None, ["data.train=[C2,A1]", "data.test=[A1]"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config(None, ["optim.lr=3e-4", "data.geometries=[{name: a, weight: 2}]"])
+    path = save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(path)
+    assert config_to_dict(again) == config_to_dict(cfg)
+
+
+@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipes_load(recipe):
+    cfg = load_config(recipe)
+    assert cfg.model.name
+    from hexpress.models import list_models
+
+    assert cfg.model.name in list_models()

@@ -1,0 +1,219 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import write_legacy_st
+
+from hexpress.errors import ConfigError, OutputExistsError
+from hexpress.models import load_checkpoint
+from hexpress.train import load_config, load_training_state, train
+
+REPO = Path(__file__).resolve().parents[2]
+SMOKE = REPO / "configs" / "tiny_smoke.yaml"
+QUIET = ["run.progress=false", "run.tensorboard=false", "run.device=cpu"]
+
+
+def _cfg(out, *extra):
+    return load_config(
+        SMOKE,
+        [
+            f"run.out_dir={out}",
+            "data.train=[S1]",
+            "data.val=[S2]",
+            "data.genes.n=6",
+            *QUIET,
+            *extra,
+        ],
+    )
+
+
+def test_train_checkpoint_reload_identical_predictions(tmp_path, samples):
+    res = train(_cfg(tmp_path / "run", "optim.max_steps=3"), samples=samples)
+    assert res.steps == 3 and res.checkpoint.is_file()
+    assert res.val["units"]["n_units"] == samples["S2"].n_units
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.genes == res.genes and ck.model_mpp == 1.0
+    assert ck.normalization["scale"] == 1e4 and ck.config["model"]["name"] == "test_pixnet"
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(x), res.model(x), rtol=0, atol=0)
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,split,loss,mse,pcc,lr,time_s"
+    assert [r.split(",")[:2] for r in rows[1:]] == [["1", "train"], ["2", "train"], ["3", "train"],
+                                                    ["3", "val"]]  # fmt: skip
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert saved.optim.max_steps == 3 and saved.model.name == "test_pixnet"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
+
+
+def test_resume_reaches_the_uninterrupted_weights(tmp_path, samples, monkeypatch):
+    extra = ["optim.batch_size=2", "run.ckpt_every=2", "data.val=[]", "optim.schedule=cosine"]
+    full = train(_cfg(tmp_path / "full", "optim.max_steps=6", *extra), samples=samples)
+
+    # the same run, killed while fetching the batch of step 5 (state last written at step 4)
+    from hexpress.train.data import DenseCropDataset
+
+    original = DenseCropDataset.__getitem__
+
+    def killed(self, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(self, step)
+
+    monkeypatch.setattr(DenseCropDataset, "__getitem__", killed)
+    cfg = _cfg(tmp_path / "half", "optim.max_steps=6", *extra)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, samples=samples)
+    monkeypatch.setattr(DenseCropDataset, "__getitem__", original)
+    meta, state = load_training_state(tmp_path / "half")
+    assert meta["step"] == 4
+    with pytest.raises(OutputExistsError, match="--resume"):
+        train(cfg, samples=samples)
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train(_cfg(tmp_path / "half", "optim.max_steps=6", "optim.lr=1e-3", *extra),
+              resume=True, samples=samples)  # fmt: skip
+    resumed = train(cfg, resume=True, samples=samples)
+    assert resumed.start_step == 4 and resumed.steps == 6
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # the resumed steps really changed the weights: the comparison is not trivial
+    assert not torch.equal(state["model.head.weight"], b["head.weight"])
+    steps = [r.split(",")[0] for r in (tmp_path / "half" / "log.csv").read_text().splitlines()]
+    assert steps[1:] == ["1", "2", "3", "4", "5", "6"]  # no duplicated rows after resuming
+
+
+def test_patch_model_trains(tmp_path, samples):
+    res = train(
+        _cfg(tmp_path / "p", "model.name=test_patch", "model.kwargs={patch_um: 24, input_px: 32}",
+             "optim.max_steps=3", "optim.batch_size=4"),
+        samples=samples,
+    )  # fmt: skip
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.kind == "patch" and ck.model_mpp == pytest.approx(24 / 32)
+    assert torch.isfinite(torch.tensor(res.train_loss)) and res.val["units"]["n_units"] > 0
+
+
+@pytest.mark.parametrize("name", ["test_ridge", "mean_baseline"])
+def test_closed_form_baselines_fit(tmp_path, samples, name):
+    res = train(
+        _cfg(tmp_path / name, f"model.name={name}", "model.kwargs={patch_um: 24, input_px: 32}"),
+        samples=samples,
+    )
+    assert res.steps == 0
+    ck = load_checkpoint(res.checkpoint)
+    v = res.val["units"]
+    assert v["n_units"] == samples["S2"].n_units and v["mse"] < 5
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        out = ck.model(x)
+    assert out.shape == (3, 6) and torch.isfinite(out).all()
+    if name == "mean_baseline":
+        from hexpress.train import load_training_data
+
+        data = load_training_data(_cfg(tmp_path / "x").data, samples=samples)
+        torch.testing.assert_close(out[0], torch.from_numpy(data.target_mean()))
+    else:
+        assert bool(ck.model.fitted)
+
+
+def test_several_geometries_train(tmp_path):
+    from conftest import synthetic_slide
+
+    _, discs = synthetic_slide(0)
+    _, squares = synthetic_slide(0, spot_um=8, pitch_um=10, geometry="square")
+    res = train(
+        _cfg(
+            tmp_path / "g",
+            "data.val=[]",
+            "data.val_fraction=0.2",
+            "data.val_block_um=50",
+            "data.geometries=[{name: spots, weight: 1}, {name: bins, weight: 0.5}]",
+            "optim.max_steps=2",
+        ),
+        samples={"S1": [discs, squares]},
+    )
+    assert set(res.val) == {"spots", "bins"}
+    assert res.val["bins"]["n_units"] > res.val["spots"]["n_units"] > 0
+
+
+def _run_cli(args, monkeypatch, capsys):
+    from hexpress.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["hexpress", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_train_from_disk(tmp_path, monkeypatch, capsys):
+    root = write_legacy_st(tmp_path / "st")
+    out = tmp_path / "run"
+    args = ["train", str(SMOKE), f"data.root={root}", "data.train=[S1]", "data.val=[S2]",
+            "run.progress=false", "--max-steps", "2", "--out", str(out)]  # fmt: skip
+    code, stdout, stderr = _run_cli(args, monkeypatch, capsys)
+    assert code == 0, stderr
+    assert f"Run folder: {out}" in stdout and "validation [units]" in stdout
+    assert load_checkpoint(out / "model.json").meta["extra"]["step"] == 2
+    code, _, stderr = _run_cli(args, monkeypatch, capsys)  # a run is there: refuse, say how
+    assert code == 2 and "--resume" in stderr
+    code, stdout, _ = _run_cli([*args, "--resume", "--max-steps", "3"], monkeypatch, capsys)
+    assert code == 0 and "steps: 3 (started at 2)" in stdout
+    code, _, stderr = _run_cli([*args[:-4], "optim.bogus=1"], monkeypatch, capsys)
+    assert code == 2 and "valid keys of optim" in stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(tmp_path):
+    root = write_legacy_st(tmp_path / "st")
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29533", "-m", "hexpress.cli", "train", str(SMOKE),
+           f"data.root={root}", "data.train=[S1,S2]", "run.progress=false", "run.threads=1",
+           "--max-steps", "3", "--out", str(out)]  # fmt: skip
+    r = subprocess.run(
+        cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(out / "model.json")
+    assert ck.meta["extra"]["step"] == 3 and len(ck.genes) == 6
+    assert r.stdout.count("Run folder:") == 1  # only rank 0 reports and writes
+
+
+def test_loader_workers_do_not_change_the_run(tmp_path, samples):
+    a = train(_cfg(tmp_path / "w0", "optim.max_steps=2", "data.val=[]"), samples=samples)
+    b = train(
+        _cfg(tmp_path / "w1", "optim.max_steps=2", "data.val=[]", "run.num_workers=1"),
+        samples=samples,
+    )
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=1e-6, msg=k)
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_her2st_recipe_reads_and_fits_the_mean(tmp_path, her2st_dir):
+    cfg = load_config(
+        REPO / "configs" / "mean_her2st.yaml",
+        [
+            f"data.root={her2st_dir}",
+            f"data.split_file={REPO / 'configs' / 'splits' / 'her2st_patients.yaml'}",
+            f"run.out_dir={tmp_path / 'mean'}",
+            "data.genes.n=50",
+            *QUIET,
+        ],
+    )
+    res = train(cfg)
+    meta = load_checkpoint(res.checkpoint).meta
+    assert meta["extra"]["train_samples"] == ["C2", "C3", "C4", "C5", "C6"]  # never A1
+    assert len(res.genes) == 50 and res.val["spots"]["n_units"] > 0
