@@ -1,0 +1,111 @@
+"""``hexpress predict``: dense maps and per-unit predictions for new slides."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from hexpress.errors import ConfigError
+
+__all__ = ["register", "predict"]
+
+
+def _floats(text: str | None, option: str) -> list[float]:
+    if not text:
+        return []
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError as e:
+        raise ConfigError(
+            f"{option} takes comma-separated numbers of µm, e.g. {option} 2,8,16; got {text!r}."
+        ) from e
+    if any(v <= 0 for v in values):
+        raise ConfigError(f"{option}: sizes must be positive µm, got {text!r}.")
+    return values
+
+
+def _names(text: str | None) -> list[str]:
+    if not text:
+        return []
+    path = Path(text)
+    if path.is_file():  # a gene list file: one name per line
+        return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    return [g for g in text.replace(" ", "").split(",") if g]
+
+
+def predict(
+    slides: list[Path] = typer.Argument(..., help="Slide image files (TIFF/SVS/JPEG/...)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c", help="A hexpress checkpoint."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one subfolder per slide)."),
+    mpp: float | None = typer.Option(
+        None, "--mpp", help="µm per pixel of the slides' full resolution, where files lack it."
+    ),
+    spots: Path | None = typer.Option(
+        None, "--spots", help="Spots (CSV/parquet: x, y level-0 px, diameter_um; or h5ad)."
+    ),
+    spot_diameter_um: float | None = typer.Option(
+        None, "--spot-diameter-um", help="Spot diameter for spot files without one."
+    ),
+    bins: str | None = typer.Option(
+        None, "--bins", help="Square bin sides in µm over the tissue, e.g. 2,8,16 (Visium HD)."
+    ),
+    discs_um: str | None = typer.Option(
+        None, "--discs-um", help="Disc diameters in µm on a grid, e.g. 55,100 (Visium, ST)."
+    ),
+    disc_pitch_um: float | None = typer.Option(
+        None, "--disc-pitch-um", help="Disc grid pitch (default 100 for 55, 200 for 100 µm)."
+    ),
+    cells: Path | None = typer.Option(
+        None, "--cells", help="Cell polygons: GeoJSON (level-0 px) or vertex parquet."
+    ),
+    genes: str | None = typer.Option(
+        None, "--genes", help="Genes to keep in outputs: comma-separated, or a file."
+    ),
+    preview: str | None = typer.Option(
+        None, "--preview", help="Genes to draw over the H&E thumbnail (comma-separated)."
+    ),
+    tile_px: int | None = typer.Option(
+        None, "--tile-px", help="Tile side in px at model_mpp (default: 1024 + margins)."
+    ),
+    batch_size: int = typer.Option(2, "--batch-size", help="Tiles (or crops) per batch."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1..."),
+    tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
+    no_tissue: bool = typer.Option(
+        False, "--no-tissue-detection", help="Predict the whole slide, glass included."
+    ),
+    workers: int = typer.Option(1, "--workers", help="Processes over slides (CPU)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results."),
+) -> None:
+    """Predict dense gene expression maps and per-unit AnnData files for slides."""
+    from hexpress.infer.pipeline import PredictOptions, predict_slides
+
+    opts = PredictOptions(
+        mpp=mpp,
+        bins_um=_floats(bins, "--bins"),
+        discs_um=_floats(discs_um, "--discs-um"),
+        disc_pitch_um=disc_pitch_um,
+        spots=str(spots) if spots else None,
+        spot_diameter_um=spot_diameter_um,
+        cells=str(cells) if cells else None,
+        genes=_names(genes) or None,
+        preview=_names(preview),
+        tile_px=tile_px,
+        batch_size=batch_size,
+        device=device,
+        tta=tta,
+        detect_tissue=not no_tissue,
+        overwrite=overwrite,
+    )
+    t0 = time.perf_counter()
+    summaries = predict_slides(slides, checkpoint, out, opts, workers=workers)
+    for s in summaries:
+        name = Path(s["slide"]).name if s["slide"] else "slide"
+        units = ", ".join(f"{k}: {v}" for k, v in s["units"].items()) or "no units asked for"
+        typer.echo(f"{name}: {len(s['files'])} file(s) in {out} ({units}); {s['seconds_total']} s")
+    typer.echo(f"{len(summaries)} slide(s) predicted in {time.perf_counter() - t0:.1f} s")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("predict")(predict)

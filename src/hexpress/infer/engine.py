@@ -1,0 +1,369 @@
+"""Whole-slide dense inference: tiles at ``model_mpp`` in, a chunked float16 map on disk out.
+
+Memory is bounded by the tile batch, not the slide: tiles are read lazily from the slide, run in
+batches under :func:`torch.inference_mode` and the central core of each output is written to the
+zarr map (:mod:`hexpress.infer.dense_map`) before the next batch is read. Tiles whose core holds no
+tissue are skipped (their cells keep the fill value NaN and ``coverage`` False).
+
+A run records, after each batch, which tiles are on disk; a rerun of the same slide with the same
+checkpoint and tile grid resumes from there, anything else starts the map again from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hexpress.errors import CheckpointError, ConfigError
+from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
+from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
+from hexpress.infer.tissue import TissueMask, detect_tissue
+from hexpress.io.image import SlideImage
+
+__all__ = [
+    "ModelInfo",
+    "model_info",
+    "predict_slide",
+    "predict_tiles",
+    "resolve_device",
+    "dense_forward",
+    "file_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+TOTAL_CHANNEL = "__total__"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _get(meta: Any, key: str, default: Any = None) -> Any:
+    if isinstance(meta, Mapping):
+        return meta.get(key, default)
+    return getattr(meta, key, default)
+
+
+class ModelInfo:
+    """What inference needs to know about a model, from its checkpoint metadata and itself.
+
+    Attributes:
+        model: the ``nn.Module`` (eval mode).
+        kind: ``"dense"`` or ``"patch"``.
+        genes: gene names of the outputs.
+        mode: ``"field"`` or ``"density"`` (dense models).
+        stride: input px per map cell (dense models).
+        model_mpp: µm per input pixel.
+        receptive_field_px: input px a map cell depends on (dense models).
+        align_px: tile corners fall on multiples of this (the network's total downsampling).
+        normalization: ``{"method": ..., "scale": ...}`` of the outputs.
+        patch_um: crop side of a patch model in µm.
+        input_px: input side of a patch model in px (crops are resized to it), or ``None``.
+        identity: ``{"path", "sha256", "model_name", "model_kwargs"}`` recorded in every output.
+    """
+
+    def __init__(self, model: torch.nn.Module, meta: Any = None, *, checkpoint_path=None):
+        self.model = model
+        meta = {} if meta is None else meta
+        self.genes = [str(g) for g in (_get(meta, "genes") or [])]
+        self.kind = str(_get(meta, "kind") or getattr(model, "kind", "dense"))
+        self.mode = str(getattr(model, "mode", None) or _get(meta, "mode") or "field")
+        stride = _get(meta, "stride") or getattr(model, "stride", None) or 1
+        self.stride = int(stride)
+        mpp = _get(meta, "model_mpp") or getattr(model, "model_mpp", None)
+        if mpp is None or not float(mpp) > 0:
+            raise CheckpointError(f"checkpoint metadata has no valid model_mpp (got {mpp!r}).")
+        self.model_mpp = float(mpp)
+        self.receptive_field_px = int(getattr(model, "receptive_field_px", 0) or 0)
+        self.align_px = int(
+            getattr(model, "reduction", None)
+            or getattr(model, "input_multiple", None)
+            or _get(meta, "input_multiple")
+            or self.stride
+        )
+        norm = _get(meta, "normalization") or {}
+        self.normalization = dict(norm) if isinstance(norm, Mapping) else dict(vars(norm))
+        self.patch_um = _get(meta, "patch_um")
+        self.input_px = _get(meta, "input_px") or getattr(model, "input_px", None)
+        n_out = getattr(model, "n_genes", None)
+        if not self.genes and n_out is not None:
+            self.genes = [f"gene_{i}" for i in range(int(n_out))]
+        self.identity = {
+            "path": str(checkpoint_path) if checkpoint_path is not None else None,
+            "sha256": _get(meta, "tensors_sha256")
+            or (
+                file_sha256(checkpoint_path)
+                if checkpoint_path is not None and Path(checkpoint_path).is_file()
+                else None
+            ),
+            "model_name": _get(meta, "model_name"),
+            "model_kwargs": dict(_get(meta, "model_kwargs") or {}),
+        }
+
+    @property
+    def channels(self) -> list[str]:
+        """Names of the dense map's channels (genes, plus the total in density mode)."""
+        return self.genes + ([TOTAL_CHANNEL] if self.mode == "density" else [])
+
+    @property
+    def scale(self) -> float:
+        return float(self.normalization.get("scale", 1.0) or 1.0)
+
+
+def model_info(checkpoint: Any, *, checkpoint_path: str | Path | None = None) -> ModelInfo:
+    """:class:`ModelInfo` of a loaded ``Checkpoint`` (``.model`` and ``.meta``)."""
+    return ModelInfo(checkpoint.model, checkpoint.meta, checkpoint_path=checkpoint_path)
+
+
+_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
+
+
+def dense_forward(
+    model: torch.nn.Module, batch: torch.Tensor, *, tta: bool = False
+) -> torch.Tensor:
+    """Run a dense model on ``(B, 3, T, T)`` float input in [0, 1]; ``(B, C, T/s, T/s)`` float32.
+
+    With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back. Tiles are
+    square and their side a multiple of the stride, so every transform maps the cell grid onto
+    itself.
+    """
+    if not tta:
+        return model(batch).float()
+    acc = None
+    for k, flip in _DIHEDRAL:
+        x = torch.flip(batch, dims=(3,)) if flip else batch
+        x = torch.rot90(x, k, dims=(2, 3))
+        y = model(x).float()
+        y = torch.rot90(y, -k, dims=(2, 3))
+        y = torch.flip(y, dims=(3,)) if flip else y
+        acc = y if acc is None else acc + y
+    return acc / len(_DIHEDRAL)
+
+
+def _read_tile(slide: SlideImage, info: ModelInfo, grid: TileGrid, tile: Tile) -> np.ndarray:
+    return slide.read_at(info.model_mpp, tile.read_x, tile.read_y, grid.tile_px, grid.tile_px)
+
+
+def _tile_has_tissue(tile: Tile, grid: TileGrid, info: ModelInfo, slide, tissue) -> bool:
+    f = info.model_mpp / slide.mpp  # level-0 px per input px
+    s = grid.stride
+    return tissue.any_in(
+        tile.cell_x0 * s * f, tile.cell_y0 * s * f, tile.cell_x1 * s * f, tile.cell_y1 * s * f
+    )
+
+
+def predict_tiles(
+    slide: SlideImage,
+    info: ModelInfo,
+    grid: TileGrid,
+    tiles: list[Tile],
+    dense_map: DenseMap,
+    *,
+    batch_size: int = 8,
+    device: torch.device | None = None,
+    tta: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[list[Tile]], None] | None = None,
+) -> int:
+    """Predict ``tiles`` batch by batch and write their cores into ``dense_map``.
+
+    Tiles for the next batch are read in a background thread while the model runs.
+
+    Returns:
+        the number of tiles run.
+    """
+    device = resolve_device(device)
+    model = info.model.to(device).eval()
+    m = grid.margin_px // grid.stride
+    c = grid.core_cells
+    batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
+
+    def load(batch: list[Tile]) -> np.ndarray:
+        return np.stack([_read_tile(slide, info, grid, t) for t in batch])
+
+    bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
+    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+        pending = pool.submit(load, batches[0]) if batches else None
+        for bi, batch in enumerate(batches):
+            pixels = pending.result()
+            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            y = dense_forward(model, x, tta=tta)
+            core = y[:, :, m : m + c, m : m + c].permute(0, 2, 3, 1).cpu().numpy()
+            for t, out in zip(batch, core, strict=True):
+                h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
+                dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
+            dense_map.mark_done(t.index for t in batch)
+            if on_batch is not None:
+                on_batch(batch)
+            bar.update(len(batch))
+    bar.close()
+    return len(tiles)
+
+
+def _map_attrs(slide: SlideImage, info: ModelInfo, grid: TileGrid, tissue: TissueMask) -> dict:
+    return {
+        "map_mpp": info.model_mpp * info.stride,
+        "origin_px": [0.0, 0.0],
+        "stride": info.stride,
+        "model_mpp": info.model_mpp,
+        "genes": info.genes,
+        "channels": info.channels,
+        "mode": info.mode,
+        "normalization": info.normalization,
+        "model": {
+            "name": info.identity["model_name"],
+            "kwargs": info.identity["model_kwargs"],
+            "receptive_field_px": info.receptive_field_px,
+        },
+        "checkpoint": {"path": info.identity["path"], "sha256": info.identity["sha256"]},
+        "slide": {
+            "path": str(slide.path) if slide.path is not None else None,
+            "width": int(slide.width),
+            "height": int(slide.height),
+            "mpp": float(slide.mpp),
+        },
+        "tile_grid": grid.to_dict(),
+        "tissue_scale": float(tissue.scale),
+        "tissue_fraction": tissue.fraction,
+    }
+
+
+_IDENTITY_KEYS = ("stride", "model_mpp", "channels", "mode", "checkpoint", "slide", "tile_grid")
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    return all(old.get(k) == new.get(k) for k in _IDENTITY_KEYS)
+
+
+def predict_slide(
+    slide: SlideImage,
+    info: ModelInfo,
+    map_path: str | Path,
+    *,
+    tile_px: int | None = None,
+    batch_size: int = 2,
+    device: str | torch.device | None = None,
+    tta: bool = False,
+    tissue: TissueMask | None = None,
+    detect: bool = True,
+    progress: bool = True,
+    resume: bool = True,
+) -> DenseMap:
+    """Predict the dense map of a whole slide into ``map_path`` (a ``.zarr`` folder).
+
+    Args:
+        slide: the slide (any ``mpp``; tiles are read resampled to ``info.model_mpp``).
+        info: the dense model and its metadata (:func:`model_info`).
+        map_path: where the map goes.
+        tile_px: tile side in input px, margins included (default: a core of 1024 px plus the
+            margins, see :func:`~hexpress.infer.tiling.make_tile_grid`).
+        batch_size: tiles per forward pass.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``...
+        tta: average over the 8 flips/rotations.
+        tissue: a tissue mask; default detected on a thumbnail (``detect=True``) or the whole
+            slide (``detect=False``).
+        progress: show a progress bar over tiles.
+        resume: continue an unfinished map of the same slide, checkpoint and tile grid.
+
+    Returns:
+        the complete :class:`DenseMap`, opened read-only.
+    """
+    if info.kind != "dense":
+        raise ConfigError(
+            f"predict_slide needs a dense model; this checkpoint holds a {info.kind!r} model. "
+            "Patch models predict unit by unit: see hexpress.infer.patch_engine."
+        )
+    map_path = Path(map_path)
+    if tissue is None:
+        tissue = detect_tissue(slide) if detect else TissueMask.full(slide)
+    image_shape = slide.shape_at(info.model_mpp)
+    grid = make_tile_grid(
+        image_shape,
+        stride=info.stride,
+        receptive_field_px=info.receptive_field_px,
+        tile_px=tile_px,
+        align_px=info.align_px,
+    )
+    attrs = _map_attrs(slide, info, grid, tissue)
+    dm = None
+    if resume and map_path.exists():
+        try:
+            old = open_dense_map(map_path, mode="r+", require_complete=False)
+        except Exception as e:  # a foreign or broken folder: start again
+            log.warning("%s cannot be resumed (%s); predicting it again", map_path, e)
+        else:
+            if _same_run(old.attrs, attrs):
+                if old.complete:
+                    log.info("%s is already complete; not predicting it again", map_path)
+                    return open_dense_map(map_path)
+                dm = old
+                log.info(
+                    "resuming %s: %d of %d tiles already done",
+                    map_path,
+                    int(old.tiles_done().sum()),
+                    len(grid),
+                )
+            else:
+                log.warning("%s was made by another run; predicting it again", map_path)
+    if dm is None:
+        dm = create_dense_map(
+            map_path,
+            map_shape=grid.map_shape,
+            n_channels=len(info.channels),
+            chunk_cells=grid.core_cells,
+            n_tiles=len(grid),
+            tissue_mask=tissue.mask,
+            attrs=attrs,
+        )
+    t0 = time.perf_counter()
+    done = dm.tiles_done()
+    todo, empty = [], []
+    for tile in grid:
+        if done[tile.index]:
+            continue
+        (todo if _tile_has_tissue(tile, grid, info, slide, tissue) else empty).append(tile)
+    if empty:
+        dm.mark_done(t.index for t in empty)
+    log.info(
+        "%s: %d tiles of %d px at %g µm/px (%d to run, %d without tissue, %d done before)",
+        slide,
+        len(grid),
+        grid.tile_px,
+        info.model_mpp,
+        len(todo),
+        len(empty),
+        int(done.sum()),
+    )
+    predict_tiles(
+        slide, info, grid, todo, dm, batch_size=batch_size, device=device, tta=tta,
+        progress=progress,
+    )  # fmt: skip
+    dm.finalize(
+        n_tiles_run=len(todo),
+        n_tiles_empty=len(empty) + int(dm.attrs.get("n_tiles_empty", 0) or 0),
+        seconds=time.perf_counter() - t0,
+    )
+    return open_dense_map(map_path)

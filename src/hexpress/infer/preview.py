@@ -1,0 +1,138 @@
+"""Preview PNGs: a gene's predicted map over the H&E thumbnail.
+
+The map is read band by band and averaged down to thumbnail resolution (NaN cells, where no
+tissue was predicted, stay transparent), so a preview never loads the whole map.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hexpress.errors import DataMismatchError
+from hexpress.infer.dense_map import DenseMap
+from hexpress.io.image import SlideImage
+
+__all__ = ["map_thumbnail", "write_previews"]
+
+
+def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> np.ndarray:
+    if mode == "density":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.log1p(scale * vals[..., idx] / vals[..., -1:])
+    return vals[..., idx]
+
+
+def map_thumbnail(
+    dm: DenseMap, genes: Sequence[str], *, max_side: int = 1024
+) -> tuple[np.ndarray, int]:
+    """Per-gene map averaged down so its longer side is at most ``max_side``.
+
+    Returns:
+        ``(values, factor)``: ``(h, w, len(genes))`` float32 (NaN where nothing was predicted)
+        and the number of map cells averaged along each side.
+    """
+    names = dm.genes
+    missing = [g for g in genes if g not in names]
+    if missing:
+        raise DataMismatchError(
+            f"gene(s) {missing} are not predicted by this model; it predicts "
+            f"{len(names)} genes, e.g. {names[:5]}."
+        )
+    idx = [names.index(g) for g in genes]
+    H, W, _ = dm.shape
+    k = max(1, math.ceil(max(H, W) / max_side))
+    h, w = math.ceil(H / k), math.ceil(W / k)
+    out = np.full((h, w, len(idx)), np.nan, dtype=np.float32)
+    band = max(k, (dm.chunks[0] // k) * k)
+    scale = float(dm.normalization.get("scale", 1.0) or 1.0)
+    for y0 in range(0, H, band):
+        vals, _ = dm.read(y0, y0 + band, 0, w * k)
+        g = _gene_values(vals, idx, dm.mode, scale)
+        g = g.reshape(band // k, k, w, k, len(idx))
+        with np.errstate(invalid="ignore"), _quiet():
+            mean = np.nanmean(g, axis=(1, 3))
+        r0 = y0 // k
+        out[r0 : r0 + mean.shape[0]] = mean[: h - r0]
+    return out, k
+
+
+class _quiet:
+    """Silence numpy's 'mean of empty slice' warning (all-NaN blocks are expected)."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def _nice_length(um: float) -> float:
+    exp = 10 ** math.floor(math.log10(um))
+    for m in (5, 2, 1):
+        if m * exp <= um:
+            return m * exp
+    return exp
+
+
+def write_previews(
+    dm: DenseMap,
+    slide: SlideImage,
+    genes: Sequence[str],
+    out_dir: str | Path,
+    *,
+    max_side: int = 1024,
+    alpha: float = 0.6,
+    cmap: str = "viridis",
+) -> list[Path]:
+    """Write ``preview_<gene>.png`` for each gene: the map over the slide thumbnail.
+
+    Each figure has the gene name, a colour bar (predicted value, normalised space) and a µm
+    scale bar.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values, k = map_thumbnail(dm, genes, max_side=max_side)
+    thumb, _ = slide.thumbnail(max_side)
+    w_um, h_um = slide.width * slide.mpp, slide.height * slide.mpp
+    mh, mw = values.shape[:2]
+    map_extent = (0, mw * k * dm.map_mpp, mh * k * dm.map_mpp, 0)
+    paths = []
+    for gi, gene in enumerate(genes):
+        fig, ax = plt.subplots(figsize=(7, 7 * h_um / max(w_um, 1e-9) + 0.5), dpi=120)
+        ax.imshow(thumb, extent=(0, w_um, h_um, 0))
+        v = np.ma.masked_invalid(values[..., gi])
+        lo, hi = np.nanpercentile(values[..., gi], [1, 99]) if v.count() else (0.0, 1.0)
+        im = ax.imshow(v, extent=map_extent, cmap=cmap, alpha=alpha, vmin=lo, vmax=hi,
+                       interpolation="nearest")  # fmt: skip
+        ax.set_xlim(0, w_um)
+        ax.set_ylim(h_um, 0)
+        bar_um = _nice_length(w_um / 5)
+        x0, y0 = w_um * 0.05, h_um * 0.95
+        ax.plot([x0, x0 + bar_um], [y0, y0], color="black", lw=3)
+        label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} µm"
+        ax.text(x0, y0 - h_um * 0.015, label, color="black", fontsize=9)
+        ax.set_title(gene)
+        ax.set_axis_off()
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="predicted (normalised)")
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in gene)
+        path = out_dir / f"preview_{safe}.png"
+        tmp = path.with_name(path.name + ".partial.png")
+        fig.savefig(tmp, bbox_inches="tight")
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths

@@ -1,0 +1,443 @@
+"""The units predictions are aggregated into: bins, discs, user spots and cell polygons.
+
+All positions are **level-0 pixels** of the slide (x then y), all sizes **µm**, as in the rest of
+hexpress (:mod:`hexpress._keys`). Generated grids start at the slide's top-left corner:
+
+* bins (Visium HD style): squares of side ``bin_um`` tiling the slide; bin ``(row, col)`` covers
+  ``[col, col + 1) * bin_um`` by ``[row, row + 1) * bin_um`` µm; kept where its centre is on
+  tissue; ids ``s_008um_00012_00034`` (side in µm, row, col).
+* discs: diameter ``diameter_um`` on a hexagonal grid (Visium: 55 µm discs at 100 µm pitch) or a
+  square grid (legacy ST: 100 µm discs at 200 µm pitch); other diameters default to a hexagonal
+  grid at twice the diameter.
+
+Files:
+
+* spots: CSV / parquet with columns ``x``, ``y`` (level-0 px) and ``diameter_um`` (or one
+  diameter for all), an optional ``id``/``barcode`` column; or an ``.h5ad`` with
+  ``obsm["spatial"]`` (level-0 px) and ``obs["size_um"]`` or scanpy's
+  ``uns["spatial"][...]["scalefactors"]["spot_diameter_fullres"]``.
+* cells: GeoJSON (a QuPath export: polygon vertices in **level-0 px**), or parquet of vertices
+  with ``cell_id`` and either ``x_px``, ``y_px`` (level-0 px) or ``vertex_x``, ``vertex_y`` in
+  **µm of the slide** (Xenium ``cell_boundaries.parquet`` after registration to the H&E, so that
+  µm = level-0 px * slide mpp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hexpress import _keys as K
+from hexpress.errors import FormatError, GeometryError, InputFileError, UnitsError
+from hexpress.infer.tissue import TissueMask
+
+__all__ = [
+    "Units",
+    "grid_bins",
+    "grid_discs",
+    "read_spots",
+    "read_cells",
+    "default_disc_layout",
+    "keep_inside",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Units:
+    """A set of units of one geometry.
+
+    Attributes:
+        name: label of the set, used for the output file (``bins_008um``, ``discs_055um``...).
+        kind: ``"disc"``, ``"square"`` or ``"polygon"``.
+        centers_px: ``(n, 2)`` float64 centres, x then y, level-0 px.
+        size_um: ``(n,)`` disc diameter / square side in µm (NaN for polygons).
+        ids: ``(n,)`` unit ids, or ``None`` to build them lazily with :meth:`get_ids`.
+        polygons: for polygons, a list of ``(k, 2)`` vertex arrays (x, y) in level-0 px.
+        obs: extra per-unit columns (e.g. ``array_row``, ``array_col``).
+    """
+
+    name: str
+    kind: str
+    centers_px: np.ndarray
+    size_um: np.ndarray
+    ids: np.ndarray | list | None = None
+    polygons: list[np.ndarray] | None = None
+    obs: dict[str, np.ndarray] = field(default_factory=dict)
+    id_format: str | None = None  # lazily build ids from obs columns (bins: 10 M ids are slow)
+
+    def __len__(self) -> int:
+        return len(self.centers_px)
+
+    def get_ids(self) -> list[str]:
+        if self.ids is not None:
+            return [str(i) for i in self.ids]
+        if self.id_format is not None:
+            rows, cols = self.obs["array_row"], self.obs["array_col"]
+            return [
+                self.id_format.format(r, c)
+                for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
+            ]
+        return [f"{self.name}_{i}" for i in range(len(self))]
+
+    def subset(self, keep: np.ndarray) -> Units:
+        keep = np.asarray(keep)
+        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
+        return Units(
+            name=self.name,
+            kind=self.kind,
+            centers_px=self.centers_px[idx],
+            size_um=self.size_um[idx],
+            ids=None if self.ids is None else np.asarray(self.ids, dtype=object)[idx],
+            polygons=None if self.polygons is None else [self.polygons[i] for i in idx],
+            obs={k: np.asarray(v)[idx] for k, v in self.obs.items()},
+            id_format=self.id_format,
+        )
+
+
+def _check_positive(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise UnitsError(f"{what} must be a positive number of µm, got {value!r}.")
+    return value
+
+
+def grid_bins(
+    width_px: int,
+    height_px: int,
+    mpp: float,
+    bin_um: float,
+    *,
+    tissue: TissueMask | None = None,
+    rows_per_step: int = 512,
+) -> Units:
+    """Square bins of side ``bin_um`` tiling a slide of ``width_px`` x ``height_px`` level-0 px.
+
+    Args:
+        width_px, height_px: slide size in level-0 px.
+        mpp: µm per level-0 px.
+        bin_um: bin side in µm.
+        tissue: keep only bins whose centre lies on tissue (default: all bins).
+        rows_per_step: bin rows generated at a time (memory).
+    """
+    bin_um = _check_positive(bin_um, "bin side")
+    side_px = bin_um / mpp
+    n_rows = math.floor(height_px / side_px)
+    n_cols = math.floor(width_px / side_px)
+    if n_rows == 0 or n_cols == 0:
+        raise GeometryError(
+            f"bins of {bin_um:g} µm do not fit in the {width_px} x {height_px} px slide "
+            f"({width_px * mpp:.0f} x {height_px * mpp:.0f} µm)."
+        )
+    cols = np.arange(n_cols, dtype=np.int64)
+    all_r, all_c = [], []
+    for r0 in range(0, n_rows, rows_per_step):
+        r = np.arange(r0, min(n_rows, r0 + rows_per_step), dtype=np.int64)
+        rr = np.repeat(r, n_cols)
+        cc = np.tile(cols, len(r))
+        if tissue is not None:
+            xy = np.stack([(cc + 0.5) * side_px, (rr + 0.5) * side_px], axis=1)
+            on = tissue.contains(xy)
+            rr, cc = rr[on], cc[on]
+        all_r.append(rr)
+        all_c.append(cc)
+    rows = np.concatenate(all_r) if all_r else np.zeros(0, np.int64)
+    cols_ = np.concatenate(all_c) if all_c else np.zeros(0, np.int64)
+    centers = np.stack([(cols_ + 0.5) * side_px, (rows + 0.5) * side_px], axis=1)
+    label = f"{bin_um:g}".replace(".", "p")
+    tag = f"{int(round(bin_um)):03d}" if float(bin_um).is_integer() else label
+    return Units(
+        name=f"bins_{tag}um",
+        kind=K.SQUARE,
+        centers_px=centers,
+        size_um=np.full(len(rows), bin_um),
+        obs={"array_row": rows, "array_col": cols_},
+        id_format=f"s_{tag}um_{{:05d}}_{{:05d}}",
+    )
+
+
+def default_disc_layout(diameter_um: float) -> tuple[str, float]:
+    """``(layout, pitch_um)`` for a disc diameter: Visium, legacy ST, or hex at 2x diameter."""
+    if abs(diameter_um - 55.0) < 1e-6:
+        return "hex", 100.0
+    if abs(diameter_um - 100.0) < 1e-6:
+        return "square", 200.0
+    return "hex", 2.0 * diameter_um
+
+
+def grid_discs(
+    width_px: int,
+    height_px: int,
+    mpp: float,
+    diameter_um: float,
+    *,
+    pitch_um: float | None = None,
+    layout: str | None = None,
+    tissue: TissueMask | None = None,
+) -> Units:
+    """Discs of ``diameter_um`` on a regular grid over the slide (see the module docstring).
+
+    Args:
+        width_px, height_px, mpp: the slide (level-0 px, µm per px).
+        diameter_um: disc diameter in µm.
+        pitch_um: centre-to-centre distance in µm (default: :func:`default_disc_layout`).
+        layout: ``"hex"`` (odd rows shifted by half a pitch, rows ``pitch * sqrt(3)/2`` apart)
+            or ``"square"``.
+        tissue: keep only discs whose centre lies on tissue.
+    """
+    diameter_um = _check_positive(diameter_um, "disc diameter")
+    d_layout, d_pitch = default_disc_layout(diameter_um)
+    layout = layout or d_layout
+    pitch = _check_positive(pitch_um if pitch_um is not None else d_pitch, "disc pitch")
+    if layout not in ("hex", "square"):
+        raise UnitsError(f"disc layout must be 'hex' or 'square', got {layout!r}.")
+    w_um, h_um = width_px * mpp, height_px * mpp
+    dy = pitch * math.sqrt(3) / 2 if layout == "hex" else pitch
+    r_um = diameter_um / 2
+    rows = np.arange(math.floor(max(0.0, h_um - 2 * r_um) / dy) + 1)
+    ys = r_um + rows * dy
+    out_r, out_c, out_xy = [], [], []
+    for r, y in zip(rows, ys, strict=True):
+        shift = pitch / 2 if (layout == "hex" and r % 2) else 0.0
+        n = math.floor(max(0.0, w_um - 2 * r_um - shift) / pitch) + 1
+        xs = r_um + shift + np.arange(n) * pitch
+        xs = xs[xs + r_um <= w_um + 1e-9]
+        if y + r_um > h_um + 1e-9 or len(xs) == 0:
+            continue
+        out_r.append(np.full(len(xs), r))
+        out_c.append(np.arange(len(xs)))
+        out_xy.append(np.stack([xs, np.full(len(xs), y)], axis=1))
+    if not out_xy:
+        raise GeometryError(
+            f"discs of {diameter_um:g} µm do not fit in the {w_um:.0f} x {h_um:.0f} µm slide."
+        )
+    centers = np.concatenate(out_xy) / mpp
+    arow, acol = np.concatenate(out_r), np.concatenate(out_c)
+    units = Units(
+        name=f"discs_{int(round(diameter_um)):03d}um"
+        if float(diameter_um).is_integer()
+        else f"discs_{diameter_um:g}um".replace(".", "p"),
+        kind=K.DISC,
+        centers_px=centers,
+        size_um=np.full(len(centers), diameter_um),
+        obs={"array_row": arow, "array_col": acol},
+        id_format=f"d_{diameter_um:g}um_{{:04d}}_{{:04d}}".replace(".", "p"),
+    )
+    if tissue is not None:
+        units = units.subset(tissue.contains(units.centers_px))
+    return units
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".gz", ".txt", ".tsv"):
+            sep = "\t" if ".tsv" in path.name.lower() else ","
+            return pd.read_csv(path, sep=sep)
+    except Exception as e:
+        raise FormatError(f"Cannot read table {path}: {e}.") from e
+    raise FormatError(f"{path}: unsupported table type {suffix!r}; use CSV or parquet.")
+
+
+def read_spots(path: str | Path, *, mpp: float, diameter_um: float | None = None) -> Units:
+    """Read user spot positions (see the module docstring for the accepted files).
+
+    Args:
+        path: CSV, parquet or h5ad.
+        mpp: µm per level-0 px of the slide the positions refer to.
+        diameter_um: spot diameter for files that do not carry one.
+
+    Raises:
+        InputFileError, FormatError, UnitsError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"Spots file not found: {path}.")
+    if path.suffix.lower() == ".h5ad":
+        import anndata as ad
+
+        a = ad.read_h5ad(path)
+        if K.SPATIAL not in a.obsm:
+            raise FormatError(f"{path}: no obsm['spatial'] with spot positions in level-0 px.")
+        xy = np.asarray(a.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+        ids = np.asarray(a.obs_names, dtype=object)
+        if K.SIZE_UM in a.obs:
+            size = a.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
+        elif diameter_um is not None:
+            size = np.full(len(xy), float(diameter_um))
+        else:
+            size = None
+            for lib in (a.uns.get("spatial") or {}).values():
+                sf = (lib or {}).get("scalefactors") or {}
+                if "spot_diameter_fullres" in sf:
+                    size = np.full(len(xy), float(sf["spot_diameter_fullres"]) * mpp)
+                    break
+            if size is None:
+                raise UnitsError(
+                    f"{path}: no spot size: add obs['size_um'], scanpy's "
+                    "uns['spatial'][...]['scalefactors']['spot_diameter_fullres'], or pass "
+                    "--spot-diameter-um."
+                )
+    else:
+        df = _read_table(path)
+        missing = [c for c in ("x", "y") if c not in df.columns]
+        if missing:
+            raise FormatError(
+                f"{path}: missing column(s) {missing}; a spots table needs x, y (level-0 px) "
+                f"and diameter_um. Columns found: {list(df.columns)[:10]}."
+            )
+        xy = df[["x", "y"]].to_numpy(dtype=np.float64)
+        if "diameter_um" in df.columns:
+            size = df["diameter_um"].to_numpy(dtype=np.float64)
+        elif diameter_um is not None:
+            size = np.full(len(df), float(diameter_um))
+        else:
+            raise UnitsError(
+                f"{path}: no diameter_um column; add one or pass the spot diameter "
+                "(--spot-diameter-um)."
+            )
+        id_col = next((c for c in ("id", "barcode", "spot_id") if c in df.columns), None)
+        ids = (
+            df[id_col].astype(str).to_numpy(dtype=object)
+            if id_col
+            else np.array([f"spot_{i}" for i in range(len(df))], dtype=object)
+        )
+    if not np.all(np.isfinite(xy)):
+        raise GeometryError(f"{path}: {int((~np.isfinite(xy)).any(1).sum())} non-finite positions.")
+    if np.any(~np.isfinite(size)) or np.any(size <= 0):
+        raise UnitsError(f"{path}: spot diameters must be positive µm.")
+    return Units(name="spots", kind=K.DISC, centers_px=xy, size_um=size, ids=ids)
+
+
+def _polygon_centroid(v: np.ndarray) -> np.ndarray:
+    x, y = v[:, 0], v[:, 1]
+    x1, y1 = np.roll(x, -1), np.roll(y, -1)
+    cross = x * y1 - x1 * y
+    a = cross.sum() / 2
+    if abs(a) < 1e-12:
+        return v.mean(axis=0)
+    return np.array([((x + x1) * cross).sum() / (6 * a), ((y + y1) * cross).sum() / (6 * a)])
+
+
+def _polygons_units(ids, polys, source) -> Units:
+    if not polys:
+        raise GeometryError(f"{source}: no polygons found.")
+    polys = [np.asarray(p, dtype=np.float64)[:, :2] for p in polys]
+    bad = [i for i, p in enumerate(polys) if len(p) < 3 or not np.all(np.isfinite(p))]
+    if bad:
+        raise GeometryError(
+            f"{source}: {len(bad)} polygon(s) have fewer than 3 finite vertices, e.g. {ids[bad[0]]}."
+        )
+    centers = np.stack([_polygon_centroid(p) for p in polys])
+    return Units(
+        name="cells",
+        kind=K.POLYGON,
+        centers_px=centers,
+        size_um=np.full(len(polys), np.nan),
+        ids=np.asarray(ids, dtype=object),
+        polygons=polys,
+    )
+
+
+def read_cells(path: str | Path, *, mpp: float) -> Units:
+    """Read cell polygons (GeoJSON in level-0 px, or parquet of vertices; see module docstring).
+
+    Args:
+        path: ``.geojson`` / ``.json`` or ``.parquet`` / ``.csv``.
+        mpp: µm per level-0 px (to convert µm vertices).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"Cells file not found: {path}.")
+    if path.suffix.lower() in (".geojson", ".json"):
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise FormatError(f"{path}: not valid GeoJSON: {e}.") from e
+        feats = data.get("features", data) if isinstance(data, dict) else data
+        if isinstance(feats, dict):
+            feats = [feats]
+        ids, polys = [], []
+        for i, f in enumerate(feats):
+            geom = (f or {}).get("geometry") or {}
+            gtype, coords = geom.get("type"), geom.get("coordinates")
+            if gtype == "Polygon":
+                ring = coords[0]
+            elif gtype == "MultiPolygon":
+                ring = max((p[0] for p in coords), key=len)
+            else:
+                continue
+            props = f.get("properties") or {}
+            fid = f.get("id", props.get("name", props.get("id", f"cell_{i}")))
+            ids.append(str(fid))
+            ring = np.asarray(ring, dtype=np.float64)
+            if len(ring) > 3 and np.allclose(ring[0], ring[-1]):
+                ring = ring[:-1]
+            polys.append(ring)
+        return _polygons_units(ids, polys, path)
+    df = _read_table(path)
+    if "cell_id" not in df.columns:
+        raise FormatError(f"{path}: a vertex table needs a cell_id column.")
+    if {"x_px", "y_px"} <= set(df.columns):
+        xy = df[["x_px", "y_px"]].to_numpy(dtype=np.float64)
+    elif {"vertex_x", "vertex_y"} <= set(df.columns):
+        xy = df[["vertex_x", "vertex_y"]].to_numpy(dtype=np.float64) / mpp
+    else:
+        raise FormatError(
+            f"{path}: vertex columns not found: give x_px, y_px (level-0 px) or vertex_x, "
+            f"vertex_y (µm). Columns found: {list(df.columns)[:10]}."
+        )
+    cell = df["cell_id"].astype(str).to_numpy()
+    order = np.argsort(cell, kind="stable")
+    cell, xy = cell[order], xy[order]
+    uniq, start = np.unique(cell, return_index=True)
+    ends = np.append(start[1:], len(cell))
+    polys = []
+    for s, e in zip(start, ends, strict=True):
+        ring = xy[s:e]
+        if len(ring) > 3 and np.allclose(ring[0], ring[-1]):
+            ring = ring[:-1]
+        polys.append(ring)
+    return _polygons_units(list(uniq), polys, path)
+
+
+def keep_inside(units: Units, width_px: int, height_px: int, *, source: str = "") -> Units:
+    """Drop units whose centre lies outside the slide, with a warning.
+
+    Units whose centre is on the slide but whose footprint reaches past its edge are kept (the
+    part outside is not covered by the map and does not count; see ``obs["map_coverage"]``).
+
+    Raises:
+        GeometryError: every unit lies outside the slide (the positions are probably at another
+            resolution).
+    """
+    c = units.centers_px
+    inside = (c[:, 0] >= 0) & (c[:, 1] >= 0) & (c[:, 0] < width_px) & (c[:, 1] < height_px)
+    n_out = int((~inside).sum())
+    if n_out == 0:
+        return units
+    where = f"{source}: " if source else ""
+    if n_out == len(units):
+        raise GeometryError(
+            f"{where}all {n_out} {units.name} lie outside the {width_px} x {height_px} px "
+            "slide. Positions must be level-0 pixels of this slide; check their scale."
+        )
+    log.warning(
+        "%s%d of %d %s lie outside the %d x %d px slide and are dropped",
+        where,
+        n_out,
+        len(units),
+        units.name,
+        width_px,
+        height_px,
+    )
+    return units.subset(inside)

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from infer_helpers import brute_weights, write_map
+
+from hexpress.infer import Units, aggregate_units, grid_bins, unit_sums
+
+H, W, STRIDE, F_IN = 70, 90, 4, 0.5  # map cells, input px per cell, input px per level-0 px
+
+
+def _map(rng, mode, n_genes=3):
+    c = n_genes + (1 if mode == "density" else 0)
+    lo = 0.1 if mode == "density" else -2.0
+    return rng.uniform(lo, 3.0, (H, W, c)).astype(np.float16).astype(np.float32)
+
+
+def _units(rng, kind, n=40):
+    # level-0 px; the map spans W * STRIDE / F_IN = 720 x 560 level-0 px
+    centers = np.stack([rng.uniform(5, 715, n), rng.uniform(5, 555, n)], 1)
+    centers[:5] = np.round(centers[:5] / 8) * 8 + 4  # some aligned on map cells
+    size_um = rng.uniform(1.0, 30.0, n)
+    size_um[:5] = 2.0
+    polys = None
+    if kind == "polygon":
+        polys = []
+        for c in centers:
+            k = rng.integers(3, 9)
+            ang = np.sort(rng.uniform(0, 2 * np.pi, k))
+            r = rng.uniform(3, 25, k)
+            polys.append(c + np.stack([np.cos(ang) * r, np.sin(ang) * r], 1))
+        size_um = np.full(n, np.nan)
+    return Units(name=kind, kind=kind, centers_px=centers, size_um=size_um, polygons=polys)
+
+
+def _reference(units, values, footprints=None):
+    """In-memory weights on the whole map (the training path)."""
+    centers_in = units.centers_px * F_IN
+    size_in = units.size_um / 0.5
+    polys = None if units.polygons is None else [p * F_IN for p in units.polygons]
+    if footprints is not None:
+        fp = footprints.Footprints(
+            centers_px=centers_in, kind=units.kind, size_px=size_in, polygons=polys
+        )
+        return footprints.footprint_weights(fp, (H, W), STRIDE)
+    return brute_weights(centers_in, units.kind, size_in, polys, (H, W), STRIDE)
+
+
+@pytest.mark.parametrize("mode", ["field", "density"])
+@pytest.mark.parametrize("kind", ["square", "disc", "polygon"])
+def test_from_disk_equals_in_memory(tmp_path, rng, footprints, kind, mode):
+    values = _map(rng, mode)
+    dm = write_map(tmp_path / "m.zarr", values, mode=mode)
+    units = _units(rng, kind)
+    Wt = _reference(units, values, footprints)
+    # blocks of 32 cells: most footprints are read through a halo
+    sums, full = unit_sums(dm, units, memory_mb=0.05, progress=False)
+    np.testing.assert_allclose(full, np.asarray(Wt.sum(1)).ravel())
+    np.testing.assert_allclose(sums[:, :-1], Wt @ values.reshape(-1, values.shape[2]), rtol=1e-6)
+    a = aggregate_units(dm, units, memory_mb=0.05, progress=False)
+    chw = torch.from_numpy(values.transpose(2, 0, 1).astype(np.float64))
+    ref = footprints.predict_units(chw, Wt, mode, 10.0).numpy()
+    ok = np.asarray(Wt.sum(1)).ravel() > 0
+    np.testing.assert_allclose(a.X[ok], ref[ok], rtol=1e-3, atol=1e-3)
+    assert a.obsm["spatial"].shape == (len(units), 2)
+    assert set(a.obs["geometry"]) == {kind}
+    assert a.uns["hexpress"]["mode"] == mode
+
+
+def test_squares_on_many_sizes_brute_force(tmp_path, rng):
+    values = _map(rng, "field", n_genes=2)
+    dm = write_map(tmp_path / "m.zarr", values)
+    units = _units(rng, "square", n=60)
+    units.centers_px[-5:] = [[0, 0], [719, 559], [2.3, 555.1], [700.7, 3.3], [360, 280]]
+    units.size_um[-5:] = [40, 40, 17.3, 9.1, 500]  # partly off the map, and huge
+    Wt = brute_weights(units.centers_px * F_IN, "square", units.size_um / 0.5, None, (H, W), 4)
+    sums, _ = unit_sums(dm, units, memory_mb=0.05, progress=False)
+    np.testing.assert_allclose(sums[:, :2], Wt @ values.reshape(-1, 2), rtol=1e-6, atol=1e-4)
+
+
+def test_uncovered_cells_do_not_count(tmp_path, rng):
+    values = _map(rng, "field", n_genes=1)
+    covered = np.ones((H, W), bool)
+    covered[:, 45:] = False
+    dm = write_map(tmp_path / "m.zarr", values, covered=covered)
+    # a 16 µm bin centred on the coverage edge (x = 45 cells = 360 level-0 px)
+    units = Units("b", "square", np.array([[360.0, 200.0], [600.0, 200.0]]), np.array([16, 16.0]))
+    a = aggregate_units(dm, units, progress=False)
+    left = values[21:29, 41:45, 0].mean()  # 16 µm = 32 input px = 8 x 8 cells, half covered
+    np.testing.assert_allclose(a.X[0, 0], left, rtol=1e-5)
+    np.testing.assert_allclose(a.obs["map_coverage"].to_numpy(), [0.5, 0.0])
+    assert np.isnan(a.X[1, 0])
+    dropped = aggregate_units(dm, units, progress=False, drop_uncovered=True)
+    assert dropped.n_obs == 1
+
+
+def test_bins_aligned_with_cells_are_the_map(tmp_path, rng):
+    values = _map(rng, "field", n_genes=2)
+    dm = write_map(tmp_path / "m.zarr", values)  # map_mpp = 2 µm
+    bins = grid_bins(720, 560, 0.25, 2.0)
+    assert len(bins) == H * W
+    a = aggregate_units(dm, bins, progress=False)
+    np.testing.assert_allclose(a.X.reshape(H, W, 2), values, rtol=1e-6)
+    assert a.obs_names[W + 3] == "s_002um_00001_00003"
+    bins8 = aggregate_units(dm, grid_bins(720, 560, 0.25, 8.0), progress=False)
+    np.testing.assert_allclose(bins8.X[0], values[:4, :4].mean((0, 1)), rtol=1e-6)

@@ -1,0 +1,171 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from infer_helpers import TinyDense, he_like, tiny_meta
+
+from hexpress.errors import ConfigError, FormatError
+from hexpress.infer import (
+    ModelInfo,
+    TissueMask,
+    make_tile_grid,
+    open_dense_map,
+    predict_slide,
+)
+from hexpress.infer import engine as engine_mod
+from hexpress.io import ArrayImage
+
+
+def untiled(model, image: np.ndarray, margin: int) -> np.ndarray:
+    """The whole image in one pass, padded with white (glass) like the slide reader does."""
+    s = model.stride
+    h, w = image.shape[:2]
+    H, W = math.ceil(h / s) * s, math.ceil(w / s) * s
+    padded = np.full((H + 2 * margin, W + 2 * margin, 3), 255, dtype=np.uint8)
+    padded[margin : margin + h, margin : margin + w] = image
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        y = model(x)[0].permute(1, 2, 0).numpy()
+    m = margin // s
+    return y[m : m + math.ceil(h / s), m : m + math.ceil(w / s)]
+
+
+@pytest.mark.parametrize("tile_px", [40, 100, 1000])
+@pytest.mark.parametrize("mode", ["field", "density"])
+def test_tiled_equals_untiled(tmp_path, tile_px, mode):
+    torch.set_num_threads(1)
+    model = TinyDense(mode=mode).eval()
+    image = he_like(301, 398)  # neither side a multiple of the stride or the tile
+    slide = ArrayImage(image, mpp=1.0)
+    info = ModelInfo(model, tiny_meta(model))
+    dm = predict_slide(
+        slide,
+        info,
+        tmp_path / "map.zarr",
+        tile_px=tile_px,
+        batch_size=3,
+        tissue=TissueMask.full(slide),
+        progress=False,
+    )
+    grid = make_tile_grid((301, 398), stride=4, receptive_field_px=8, tile_px=tile_px)
+    assert dm.shape[:2] == grid.map_shape == (76, 100)
+    got, cov = dm.read(0, 76, 0, 100)
+    assert cov.all() and dm.complete
+    ref = untiled(model, image, grid.margin_px)
+    np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+    # the margin matters: without it, tile borders would differ from the untiled map
+    if tile_px == 40:
+        assert len(grid) > 4
+
+
+def test_tiles_without_tissue_are_skipped_and_nan(tmp_path, tiny_model):
+    slide = ArrayImage(he_like(200, 200), mpp=1.0)
+    mask = np.zeros((20, 20), dtype=bool)
+    mask[:5, :5] = True  # tissue only in the top-left corner
+    info = ModelInfo(tiny_model, tiny_meta(tiny_model))
+    dm = predict_slide(
+        slide,
+        info,
+        tmp_path / "m.zarr",
+        tile_px=48,
+        tissue=TissueMask(mask, 0.1),
+        progress=False,
+    )
+    vals, cov = dm.read(0, 50, 0, 50)
+    assert cov[0, 0] and not cov[-1, -1]
+    assert np.isnan(vals[-1, -1]).all() and np.isfinite(vals[0, 0]).all()
+    assert 0 < dm.attrs["n_tiles_run"] < dm.attrs["tile_grid"]["n_rows"] ** 2
+
+
+def test_tile_too_small_for_margin():
+    with pytest.raises(ConfigError, match="--tile-px"):
+        make_tile_grid((100, 100), stride=4, receptive_field_px=30, tile_px=64)
+
+
+def test_dense_tta_runs_and_keeps_shape(tmp_path, tiny_model, slide_img):
+    info = ModelInfo(tiny_model, tiny_meta(tiny_model))
+    dm = predict_slide(
+        slide_img,
+        info,
+        tmp_path / "m.zarr",
+        tile_px=64,
+        tta=True,
+        tissue=TissueMask.full(slide_img),
+        progress=False,
+    )
+    vals, cov = dm.read(0, dm.shape[0], 0, dm.shape[1])
+    assert cov.all() and np.isfinite(vals).all()
+
+
+def test_killed_run_resumes_and_matches(tmp_path, tiny_model, slide_img, monkeypatch):
+    info = ModelInfo(tiny_model, tiny_meta(tiny_model))
+    kw = dict(tile_px=48, batch_size=2, tissue=TissueMask.full(slide_img), progress=False)
+    ref = predict_slide(slide_img, info, tmp_path / "ref.zarr", **kw)
+    ref_vals, _ = ref.read(0, ref.shape[0], 0, ref.shape[1])
+
+    calls = {"n": 0}
+    real = engine_mod.dense_forward
+
+    def crashing(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine_mod, "dense_forward", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        predict_slide(slide_img, info, tmp_path / "run.zarr", **kw)
+    with pytest.raises(FormatError, match="incomplete.*6 of"):
+        open_dense_map(tmp_path / "run.zarr")
+
+    monkeypatch.setattr(engine_mod, "dense_forward", real)
+    counted = {"n": 0}
+
+    def counting(*a, **k):
+        counted["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine_mod, "dense_forward", counting)
+    dm = predict_slide(slide_img, info, tmp_path / "run.zarr", **kw)
+    n_tiles = len(dm.tiles_done())
+    assert counted["n"] == math.ceil((n_tiles - 6) / 2)  # only the tiles left
+    vals, _ = dm.read(0, dm.shape[0], 0, dm.shape[1])
+    np.testing.assert_array_equal(vals, ref_vals)
+
+
+def test_resume_refuses_other_run_and_redoes(tmp_path, tiny_model, slide_img):
+    info = ModelInfo(tiny_model, tiny_meta(tiny_model))
+    kw = dict(tissue=TissueMask.full(slide_img), progress=False)
+    predict_slide(slide_img, info, tmp_path / "m.zarr", tile_px=48, **kw)
+    dm = predict_slide(slide_img, info, tmp_path / "m.zarr", tile_px=64, **kw)
+    assert dm.attrs["tile_grid"]["tile_px"] == 64 and dm.complete
+
+
+def test_open_dense_map_rejects_foreign(tmp_path):
+    (tmp_path / "x.zarr").mkdir()
+    with pytest.raises(FormatError, match="not a"):
+        open_dense_map(tmp_path / "x.zarr")
+
+
+def test_tiled_equals_untiled_with_pixnet(tmp_path):
+    registry = pytest.importorskip("hexpress.models.registry")
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = registry.create_model("test_pixnet", n_genes=2).eval()
+    meta = {"model_mpp": 1.0, "genes": ["A", "B"], "stride": model.stride}
+    info = ModelInfo(model, meta)
+    image = he_like(150, 230)
+    slide = ArrayImage(image, mpp=1.0)
+    grid = make_tile_grid(
+        (150, 230), stride=model.stride, receptive_field_px=model.receptive_field_px,
+        tile_px=2 * info.align_px + 2 * model.receptive_field_px, align_px=info.align_px,
+    )  # fmt: skip
+    assert len(grid) > 1  # several tiles, the last ones cut by the image border
+    dm = predict_slide(
+        slide, info, tmp_path / "m.zarr", tile_px=grid.tile_px, batch_size=4,
+        tissue=TissueMask.full(slide), progress=False,
+    )  # fmt: skip
+    got, _ = dm.read(0, dm.shape[0], 0, dm.shape[1])
+    ref = untiled(model, image, grid.margin_px)
+    np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=3e-3, atol=3e-3)
