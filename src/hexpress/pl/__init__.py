@@ -1,3 +1,5 @@
-"""hexpress.pl."""
+"""Plots: units over the H&E image (matplotlib; functions take ``ax=`` and return it)."""
 
-__all__: list[str] = []
+from hexpress.pl.spots import plot_spots
+
+__all__ = ["plot_spots"]

@@ -1,0 +1,81 @@
+import json
+from pathlib import Path
+
+import pytest
+from eval_helpers import make_section, noisy_prediction
+from typer.testing import CliRunner
+
+from hexpress.cli import app
+from hexpress.data.preprocess import normalize
+from hexpress.errors import DataMismatchError, InputFileError
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture
+def files(tmp_path):
+    counts, image = make_section(0)
+    norm = normalize(counts, scale=1000.0)
+    pred = noisy_prediction(norm, 0.3)
+    pred.uns["hexpress"]["model"] = "tiny-dense"
+    truth_path, pred_path = tmp_path / "truth.h5ad", tmp_path / "pred.h5ad"
+    counts.write_h5ad(truth_path)  # raw counts: evaluate must normalise them (scale 1000)
+    pred[10:].copy().write_h5ad(pred_path)  # 10 truth units not predicted
+    return truth_path, pred_path, norm, pred
+
+
+def test_evaluate_prints_table_and_normalises_raw_truth(files):
+    truth, pred, _, _ = files
+    res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth)])
+    assert res.exit_code == 0, res.output
+    assert "54 units matched (truth 64, prediction 54); 8 genes matched" in res.output
+    assert "raw counts normalised as log1p(counts / total * 1000)" in res.output
+    assert "| tiny-dense |" in res.output and "PCC@M" in res.output
+
+
+def test_evaluate_json_matches_library(files):
+    from hexpress.eval.matching import evaluate_anndata
+
+    truth, pred, norm, p = files
+    res = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(pred),
+            "--truth",
+            str(truth),
+            "--json",
+            "--gene-sets",
+            str(DATA / "example.gmt"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    ref = evaluate_anndata(norm, p[10:].copy(), strict=False).summary()
+    assert doc["metrics"]["PCC@M"] == pytest.approx(ref["PCC@M"], abs=1e-6)
+    assert doc["metrics"]["n_units"] == 54
+    assert [r["gene_set"] for r in doc["gene_sets"]] == ["all", "IMMUNE_TINY", "STROMA_TINY"]
+
+
+def test_evaluate_writes_report(files, tmp_path):
+    truth, pred, _, _ = files
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    for name in ("report.html", "results.csv", "per_gene.json", "figures/maps_sec0.png"):
+        assert (out / name).is_file(), name
+    assert "raw counts normalised" in (out / "report.html").read_text()
+    again = CliRunner().invoke(
+        app, ["evaluate", str(pred), "--truth", str(truth), "--out", str(out)]
+    )
+    assert again.exit_code != 0 and "already holds a report" in str(again.exception)
+
+
+def test_evaluate_errors(files, tmp_path):
+    truth, pred, _, _ = files
+    res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--strict"])
+    assert isinstance(res.exception, DataMismatchError)
+    assert "10 truth unit(s) were not predicted" in str(res.exception)
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none.h5ad"), "--truth", str(truth)])
+    assert isinstance(res.exception, InputFileError)
+    assert "none.h5ad" in str(res.exception)
