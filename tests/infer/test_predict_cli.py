@@ -83,6 +83,12 @@ def test_predict_command_writes_every_geometry(workdir, monkeypatch, capsys, cap
     cells = ad.read_h5ad(folder / "cells.h5ad")
     assert list(cells.obs["geometry"]) == ["polygon", "polygon"]
     assert "1 slide(s) predicted" in capsys.readouterr().out
+    # scanpy plots a prediction file as it is: uns["spatial"] holds the slide's thumbnails
+    sc = pytest.importorskip("scanpy", reason="scanpy is in the dev extra")
+    lib = b8.uns["spatial"]["slide"]
+    assert lib["scalefactors"]["spot_diameter_fullres"] == pytest.approx(16.0)  # 8 µm / 0.5
+    ax = sc.pl.spatial(sc.read_h5ad(folder / "bins_008um.h5ad"), color="A", show=False)[0]
+    assert ax.images and ax.collections
     # results exist: refused without --overwrite, replaced with it
     assert run_cli(monkeypatch, *args) == 2
     assert "already holds results" in capsys.readouterr().err

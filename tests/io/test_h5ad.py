@@ -58,3 +58,17 @@ def test_several_libraries_need_a_choice(visium_v2, tmp_path):
     with pytest.raises(ConfigError, match="several libraries"):
         read_h5ad(tmp_path / "two.h5ad")
     assert read_h5ad(tmp_path / "two.h5ad", library_id="other").n_units == s.n_units
+
+
+def test_scanpy_reads_and_plots_what_we_write(visium_v2, tmp_path):
+    sc = pytest.importorskip("scanpy", reason="scanpy is in the dev extra")
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    s = read_visium(visium_v2.root, sample_id="S1", patient_id="P1")
+    path = write_h5ad(s, tmp_path / "s.h5ad")
+    a = sc.read_h5ad(path)
+    gene = str(a.var_names[0])
+    ax = sc.pl.spatial(a, color=gene, library_id="S1", show=False)[0]
+    # the spots are drawn over the hires image, at its scale
+    assert ax.images and ax.collections

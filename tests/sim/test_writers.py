@@ -227,3 +227,22 @@ def test_refuses_non_empty_folder_and_overwrites_on_request(small_slide, tmp_pat
     assert (out / "manifest.json").is_file()
     with pytest.raises(ConfigError, match="Unknown format"):
         write_all(small_slide, tmp_path / "p", formats=("visium_v9",))
+
+
+def test_bins_cut_by_the_image_edge_stay_readable(tmp_path):
+    """300 µm is not a whole number of 8 or 16 µm bins: the last, cut bins have their centre
+    off the image and are left out of the filtered matrix, so every bin size reads back."""
+    from hexpress.io import read_sample
+    from hexpress.sim import SimConfig, simulate
+    from hexpress.sim.writers import write_all
+
+    slide = simulate(SimConfig(size_mm=0.3, n_genes=12, seed=3))
+    write_all(slide, tmp_path / "s", formats=("visium_hd",))
+    for b in (2, 8, 16):
+        s = read_sample(
+            str(tmp_path / "s" / "visium_hd" / "binned_outputs"), "visium-hd", bin_um=b,
+            image=str(tmp_path / "s" / "visium_hd" / "image.tif"),
+        )  # fmt: skip
+        xy = s.adata.obsm["spatial"]
+        assert (xy < [s.image.width, s.image.height]).all()
+        assert 0 < s.adata.n_obs <= len(np.arange(b / 2, 300, b)) ** 2

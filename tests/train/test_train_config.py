@@ -83,10 +83,29 @@ def test_saved_config_round_trips(tmp_path):
     assert config_to_dict(again) == config_to_dict(cfg)
 
 
-@pytest.mark.parametrize("recipe", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("bench_"))
+BENCHES = sorted(CONFIGS.glob("bench_*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_recipes_load(recipe):
     cfg = load_config(recipe)
     assert cfg.model.name
     from hexpress.models import list_models
 
     assert cfg.model.name in list_models()
+
+
+@pytest.mark.parametrize("bench", BENCHES, ids=lambda p: p.name)
+def test_bench_configs_resolve_every_method(bench, tmp_path):
+    """Every method of a shipped benchmark resolves to a valid training config of a registered
+    model, on every fold."""
+    from hexpress.eval.bench import load_bench_config, method_train_config
+    from hexpress.models import list_models
+
+    cfg = load_bench_config(bench)
+    for fold in cfg.folds:
+        for method in cfg.methods:
+            train_cfg = method_train_config(cfg, method, fold, tmp_path / "run")
+            assert train_cfg.model.name in list_models()
+            assert train_cfg.run.seed == cfg.seed

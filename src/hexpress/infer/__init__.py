@@ -14,7 +14,15 @@ from hexpress.infer.pipeline import PredictOptions, predict_one, predict_slides
 from hexpress.infer.preview import map_thumbnail, write_previews
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
 from hexpress.infer.tissue import TissueMask, detect_tissue
-from hexpress.infer.units import Units, grid_bins, grid_discs, keep_inside, read_cells, read_spots
+from hexpress.infer.units import (
+    Units,
+    grid_bins,
+    grid_discs,
+    keep_inside,
+    read_cells,
+    read_spots,
+    units_from_anndata,
+)
 
 __all__ = [
     "DenseMap",
@@ -43,6 +51,7 @@ __all__ = [
     "read_spots",
     "resolve_device",
     "unit_sums",
+    "units_from_anndata",
     "units_to_anndata",
     "write_h5ad_atomic",
     "write_previews",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hexpress import _keys as K
 from hexpress.errors import DataMismatchError, OutputExistsError
 from hexpress.infer.aggregate_disk import aggregate_units, write_h5ad_atomic
 from hexpress.infer.engine import ModelInfo, model_info, predict_slide
@@ -31,6 +32,7 @@ from hexpress.infer.patch_engine import predict_patches
 from hexpress.infer.preview import write_previews
 from hexpress.infer.tissue import detect_tissue
 from hexpress.infer.units import Units, grid_bins, grid_discs, keep_inside, read_cells, read_spots
+from hexpress.io.h5ad import HIRES_MAX_SIDE, LOWRES_MAX_SIDE, spatial_uns
 from hexpress.io.image import SlideImage, open_image
 
 __all__ = ["PredictOptions", "predict_one", "predict_slides", "load_model_info", "slide_out_dir"]
@@ -145,8 +147,14 @@ def predict_one(
     info: ModelInfo,
     out_dir: str | Path,
     opts: PredictOptions,
+    units: Sequence[Units] = (),
 ) -> dict:
-    """Predict one slide into ``out_dir``; returns its summary (also in ``summary.json``)."""
+    """Predict one slide into ``out_dir``; returns its summary (also in ``summary.json``).
+
+    ``units`` are unit sets given in memory (e.g. :func:`~hexpress.infer.units_from_anndata` of
+    measured spots), predicted besides the geometries ``opts`` asks for; each is written as
+    ``<units.name>.h5ad``.
+    """
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     _prepare_dir(out_dir, opts.overwrite)
@@ -155,6 +163,8 @@ def predict_one(
     )
     tissue = detect_tissue(slide) if opts.detect_tissue else None
     geometries = _geometries(slide, opts, tissue)
+    for u in units:
+        geometries.append((keep_inside(u, slide.width, slide.height, source=u.name), False))
     files: list[str] = []
     units: dict[str, int] = {}
     dm = None
@@ -166,6 +176,8 @@ def predict_one(
         )  # fmt: skip
         files.append("map.zarr")
     t_map = time.perf_counter() - t0
+    thumbs = None
+    library = Path(slide.path).stem if slide.path is not None else "slide"
     for u, drop in geometries:
         if dm is not None:
             a = aggregate_units(
@@ -177,6 +189,10 @@ def predict_one(
                 progress=opts.progress,
             )  # fmt: skip
         a = _select_genes(a, opts.genes, "this checkpoint")
+        if thumbs is None:  # once per slide: every file gets scanpy's uns["spatial"]
+            thumbs = (slide.thumbnail(HIRES_MAX_SIDE), slide.thumbnail(LOWRES_MAX_SIDE))
+        sizes = a.obs[K.SIZE_UM].to_numpy(float) if K.SIZE_UM in a.obs else []
+        a.uns[K.SPATIAL] = spatial_uns(slide, sizes, library, thumbnails=thumbs)
         name = f"{u.name}.h5ad"
         write_h5ad_atomic(a, out_dir / name)
         files.append(name)

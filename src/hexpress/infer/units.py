@@ -43,6 +43,7 @@ __all__ = [
     "grid_discs",
     "read_spots",
     "read_cells",
+    "units_from_anndata",
     "default_disc_layout",
     "keep_inside",
 ]
@@ -248,6 +249,75 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise FormatError(f"{path}: unsupported table type {suffix!r}; use CSV or parquet.")
 
 
+def _checked(name, kind, xy, size, ids, source, obs=None) -> Units:
+    if not np.all(np.isfinite(xy)):
+        raise GeometryError(
+            f"{source}: {int((~np.isfinite(xy)).any(1).sum())} non-finite positions."
+        )
+    if np.any(~np.isfinite(size)) or np.any(size <= 0):
+        raise UnitsError(f"{source}: unit sizes (spot diameters, bin sides) must be positive µm.")
+    return Units(name=name, kind=kind, centers_px=xy, size_um=size, ids=ids, obs=obs or {})
+
+
+def units_from_anndata(
+    adata,
+    *,
+    mpp: float,
+    name: str = "spots",
+    diameter_um: float | None = None,
+    source: str = "AnnData",
+) -> Units:
+    """The units of an AnnData of measured (or predicted) units, to predict at the same places.
+
+    Args:
+        adata: ``obsm["spatial"]`` (level-0 px) and ``obs["geometry"]`` (disc or square; discs
+            when absent) with ``obs["size_um"]``, or scanpy's
+            ``uns["spatial"][...]["scalefactors"]["spot_diameter_fullres"]`` for discs.
+        mpp: µm per level-0 px of the slide the positions refer to.
+        name: label of the unit set (output file name).
+        diameter_um: disc diameter where the AnnData records no size.
+        source: what the AnnData is, for messages.
+
+    Returns:
+        :class:`Units` with the AnnData's ``obs_names`` as ids.
+
+    Raises:
+        FormatError: no positions, or mixed / polygon geometries.
+        UnitsError: no size.
+    """
+    if K.SPATIAL not in adata.obsm:
+        raise FormatError(f"{source}: no obsm['spatial'] with unit positions in level-0 px.")
+    xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+    ids = np.asarray(adata.obs_names, dtype=object)
+    kind = K.DISC
+    if K.GEOMETRY in adata.obs and adata.n_obs:
+        kinds = np.unique(np.asarray(adata.obs[K.GEOMETRY]).astype(str))
+        if len(kinds) != 1 or kinds[0] not in (K.DISC, K.SQUARE):
+            raise FormatError(
+                f"{source}: units must all be discs or all squares, found {list(kinds)}; "
+                "give cells as polygons (--cells)."
+            )
+        kind = str(kinds[0])
+    if K.SIZE_UM in adata.obs:
+        size = adata.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
+    elif diameter_um is not None:
+        size = np.full(len(xy), float(diameter_um))
+    else:
+        size = None
+        for lib in (adata.uns.get("spatial") or {}).values():
+            sf = (lib or {}).get("scalefactors") or {}
+            if "spot_diameter_fullres" in sf:
+                size = np.full(len(xy), float(sf["spot_diameter_fullres"]) * mpp)
+                break
+        if size is None:
+            raise UnitsError(
+                f"{source}: no spot size: add obs['size_um'], scanpy's "
+                "uns['spatial'][...]['scalefactors']['spot_diameter_fullres'], or pass "
+                "--spot-diameter-um."
+            )
+    return _checked(name, kind, xy, size, ids, source)
+
+
 def read_spots(path: str | Path, *, mpp: float, diameter_um: float | None = None) -> Units:
     """Read user spot positions (see the module docstring for the accepted files).
 
@@ -265,57 +335,36 @@ def read_spots(path: str | Path, *, mpp: float, diameter_um: float | None = None
     if path.suffix.lower() == ".h5ad":
         import anndata as ad
 
-        a = ad.read_h5ad(path)
-        if K.SPATIAL not in a.obsm:
-            raise FormatError(f"{path}: no obsm['spatial'] with spot positions in level-0 px.")
-        xy = np.asarray(a.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
-        ids = np.asarray(a.obs_names, dtype=object)
-        if K.SIZE_UM in a.obs:
-            size = a.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
-        elif diameter_um is not None:
-            size = np.full(len(xy), float(diameter_um))
-        else:
-            size = None
-            for lib in (a.uns.get("spatial") or {}).values():
-                sf = (lib or {}).get("scalefactors") or {}
-                if "spot_diameter_fullres" in sf:
-                    size = np.full(len(xy), float(sf["spot_diameter_fullres"]) * mpp)
-                    break
-            if size is None:
-                raise UnitsError(
-                    f"{path}: no spot size: add obs['size_um'], scanpy's "
-                    "uns['spatial'][...]['scalefactors']['spot_diameter_fullres'], or pass "
-                    "--spot-diameter-um."
-                )
-    else:
-        df = _read_table(path)
-        missing = [c for c in ("x", "y") if c not in df.columns]
-        if missing:
-            raise FormatError(
-                f"{path}: missing column(s) {missing}; a spots table needs x, y (level-0 px) "
-                f"and diameter_um. Columns found: {list(df.columns)[:10]}."
-            )
-        xy = df[["x", "y"]].to_numpy(dtype=np.float64)
-        if "diameter_um" in df.columns:
-            size = df["diameter_um"].to_numpy(dtype=np.float64)
-        elif diameter_um is not None:
-            size = np.full(len(df), float(diameter_um))
-        else:
-            raise UnitsError(
-                f"{path}: no diameter_um column; add one or pass the spot diameter "
-                "(--spot-diameter-um)."
-            )
-        id_col = next((c for c in ("id", "barcode", "spot_id") if c in df.columns), None)
-        ids = (
-            df[id_col].astype(str).to_numpy(dtype=object)
-            if id_col
-            else np.array([f"spot_{i}" for i in range(len(df))], dtype=object)
+        u = units_from_anndata(
+            ad.read_h5ad(path), mpp=mpp, diameter_um=diameter_um, source=str(path)
         )
-    if not np.all(np.isfinite(xy)):
-        raise GeometryError(f"{path}: {int((~np.isfinite(xy)).any(1).sum())} non-finite positions.")
-    if np.any(~np.isfinite(size)) or np.any(size <= 0):
-        raise UnitsError(f"{path}: spot diameters must be positive µm.")
-    return Units(name="spots", kind=K.DISC, centers_px=xy, size_um=size, ids=ids)
+        if u.kind != K.DISC:
+            raise FormatError(f"{path}: spots are discs, but its units are {u.kind}s.")
+        return u
+    df = _read_table(path)
+    missing = [c for c in ("x", "y") if c not in df.columns]
+    if missing:
+        raise FormatError(
+            f"{path}: missing column(s) {missing}; a spots table needs x, y (level-0 px) "
+            f"and diameter_um. Columns found: {list(df.columns)[:10]}."
+        )
+    xy = df[["x", "y"]].to_numpy(dtype=np.float64)
+    if "diameter_um" in df.columns:
+        size = df["diameter_um"].to_numpy(dtype=np.float64)
+    elif diameter_um is not None:
+        size = np.full(len(df), float(diameter_um))
+    else:
+        raise UnitsError(
+            f"{path}: no diameter_um column; add one or pass the spot diameter "
+            "(--spot-diameter-um)."
+        )
+    id_col = next((c for c in ("id", "barcode", "spot_id") if c in df.columns), None)
+    ids = (
+        df[id_col].astype(str).to_numpy(dtype=object)
+        if id_col
+        else np.array([f"spot_{i}" for i in range(len(df))], dtype=object)
+    )
+    return _checked("spots", K.DISC, xy, size, ids, str(path))
 
 
 def _polygon_centroid(v: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from hexpress.errors import ConfigError, FormatError, InputFileError, UnitsError
 from hexpress.io._tables import positive
 from hexpress.io.image import ArrayImage, open_image
 
-__all__ = ["read_h5ad", "write_h5ad", "HIRES_MAX_SIDE", "LOWRES_MAX_SIDE"]
+__all__ = ["read_h5ad", "write_h5ad", "spatial_uns", "HIRES_MAX_SIDE", "LOWRES_MAX_SIDE"]
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +210,50 @@ def read_h5ad(
     )
 
 
+def spatial_uns(
+    slide,
+    sizes_um,
+    library_id: str,
+    *,
+    hires_max_side: int = HIRES_MAX_SIDE,
+    lowres_max_side: int = LOWRES_MAX_SIDE,
+    thumbnails: tuple | None = None,
+) -> dict:
+    """scanpy's ``uns["spatial"]`` for units on ``slide``: hires / lowres thumbnails with their
+    scale factors and ``spot_diameter_fullres`` (median of ``sizes_um`` over the slide's mpp).
+
+    Args:
+        slide: a :class:`~hexpress.io.SlideImage` (level 0 = "full resolution").
+        sizes_um: unit sizes in µm (NaN entries ignored).
+        library_id: the key under ``uns["spatial"]``.
+        thumbnails: ``((hires, scale), (lowres, scale))`` already made (many files, one slide).
+    """
+    hi, lo = thumbnails or (slide.thumbnail(hires_max_side), slide.thumbnail(lowres_max_side))
+    (hires, s_hi), (lowres, s_lo) = hi, lo
+    sizes = np.asarray(sizes_um, dtype=float)
+    finite = sizes[np.isfinite(sizes)]
+    diam_um = float(np.median(finite)) if finite.size else float("nan")
+    meta = {"software_version": "hexpress"}
+    if slide.path is not None:
+        meta["source_image_path"] = str(slide.path)
+    return {
+        str(library_id): {
+            "images": {
+                "hires": np.ascontiguousarray(hires),
+                "lowres": np.ascontiguousarray(lowres),
+            },
+            "scalefactors": {
+                "tissue_hires_scalef": float(s_hi),
+                "tissue_lowres_scalef": float(s_lo),
+                "spot_diameter_fullres": float(diam_um / slide.mpp)
+                if math.isfinite(diam_um)
+                else 1.0,
+            },
+            "metadata": meta,
+        }
+    }
+
+
 def write_h5ad(
     sample: Sample | ad.AnnData,
     path: str | Path,
@@ -264,28 +308,10 @@ def write_h5ad(
         )
     lib = str(library_id or sid)
     out = adata.copy()
-    hires, s_hi = slide.thumbnail(hires_max_side)
-    lowres, s_lo = slide.thumbnail(lowres_max_side)
     sizes = out.obs[K.SIZE_UM].to_numpy(float) if K.SIZE_UM in out.obs else np.array([])
-    finite = sizes[np.isfinite(sizes)]
-    diam_um = float(np.median(finite)) if finite.size else float("nan")
-    scalefactors = {
-        "tissue_hires_scalef": float(s_hi),
-        "tissue_lowres_scalef": float(s_lo),
-        "spot_diameter_fullres": float(diam_um / slide.mpp) if math.isfinite(diam_um) else 1.0,
-    }
-    out.uns[K.SPATIAL] = {
-        lib: {
-            "images": {
-                "hires": np.ascontiguousarray(hires),
-                "lowres": np.ascontiguousarray(lowres),
-            },
-            "scalefactors": scalefactors,
-            "metadata": {"software_version": "hexpress", "source_image_path": str(slide.path)}
-            if slide.path is not None
-            else {"software_version": "hexpress"},
-        }
-    }
+    out.uns[K.SPATIAL] = spatial_uns(
+        slide, sizes, lib, hires_max_side=hires_max_side, lowres_max_side=lowres_max_side
+    )
     hx = dict(out.uns.get(K.UNS, {}))
     hx.update(
         sample_id=str(sid),

@@ -297,7 +297,8 @@ def write_visium_hd(
     """Space Ranger Visium HD ``binned_outputs/square_XXXum/`` for each bin size.
 
     Bins tile the image from its top-left corner; a bin is ``in_tissue`` when its centre is on
-    tissue or it holds a transcript, and ``filtered_feature_bc_matrix.h5`` holds those bins.
+    tissue or it holds a transcript, and lies on the image (centre inside it);
+    ``filtered_feature_bc_matrix.h5`` holds those bins.
     """
     root = Path(root)
     binned = root / "binned_outputs"
@@ -318,6 +319,9 @@ def write_visium_hd(
         cy, cx = (rr + 0.5) * b, (cc + 0.5) * b
         in_tissue = _tissue_at(slide, np.minimum(cx, w_um - 1e-6), np.minimum(cy, h_um - 1e-6))
         in_tissue |= total > 0
+        # a bin cut by the image's edge with its centre outside has no position on the image:
+        # it stays in the positions file but out of the filtered matrix
+        in_tissue &= (cx < w_um) & (cy < h_um)
         barcodes = _hd_barcodes(b, rr, cc)
         table = pa.table(
             {

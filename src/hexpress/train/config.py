@@ -49,6 +49,7 @@ __all__ = [
     "RunConfig",
     "load_config",
     "apply_overrides",
+    "build_dataclass",
     "config_from_dict",
     "config_to_dict",
     "save_config",
@@ -501,12 +502,23 @@ def _parse_value(text: str, tp: Any) -> Any:
         raise ConfigError(f"cannot parse override value {text!r}: {e}.") from None
 
 
-def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+def build_dataclass(cls, values: dict, path: str = ""):
+    """A config dataclass ``cls`` from a nested dict, every key and type checked (see the module
+    docstring); ``path`` prefixes the keys in messages."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'a config'} must be a mapping, got {type(values).__name__}.")
+    return _build(cls, values, path)
+
+
+def apply_overrides(
+    values: dict, overrides: list[str] | tuple[str, ...], root: type | None = None
+) -> dict:
     """Apply ``section.key=value`` overrides to a nested config dict (returns a new dict).
 
     Keys are checked against the dataclass fields; values are parsed for the field's type
     (YAML syntax for numbers, booleans, lists ``[a,b]`` and mappings ``{k: v}``). Inside a
-    free-form mapping (``model.kwargs``, ``data.samples``) deeper keys are allowed.
+    free-form mapping (``model.kwargs``, ``data.samples``) deeper keys are allowed. ``root`` is
+    the config dataclass the keys belong to (default :class:`TrainConfig`).
     """
     out = json.loads(json.dumps(values or {}))
     for item in overrides:
@@ -518,7 +530,7 @@ def apply_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dic
         parts = [p for p in key.strip().split(".") if p]
         if not parts:
             raise ConfigError(f"override {item!r} has no key.")
-        _set(out, TrainConfig, parts, [], text, item)
+        _set(out, root or TrainConfig, parts, [], text, item)
     return out
 
 
@@ -565,8 +577,8 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(doc, dict):
         raise ConfigError(
-            f"{path}: a config is a mapping of sections (data, model, optim, loss, augment, "
-            f"run), got {type(doc).__name__}."
+            f"{path}: a config is a mapping of sections (e.g. data, model, optim, run), got "
+            f"{type(doc).__name__}."
         )
     return doc
 

@@ -36,7 +36,7 @@ import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +61,7 @@ __all__ = [
     "PatchDataset",
     "load_training_data",
     "read_samples",
+    "resolve_split",
     "crop_units",
     "dense_val_batches",
     "patch_val_batches",
@@ -296,6 +297,28 @@ def _val_blocks(slide: SlideData, fraction: float, block_um: float, seed: int) -
     )
 
 
+def resolve_split(config: DataConfig) -> DataConfig:
+    """``config`` with ``train`` / ``val`` / ``test`` filled from ``split_file`` when it names
+    one (validation samples of the config are kept where the split names none)."""
+    if config.split_file is None:
+        return config
+    from hexpress.data.preprocess import read_split_file
+
+    splits = {s.name: s for s in read_split_file(config.split_file)}
+    if config.split not in splits:
+        raise ConfigError(
+            f"data.split {config.split!r} is not in {config.split_file}; splits: "
+            f"{', '.join(splits)}."
+        )
+    chosen = splits[config.split]
+    return replace(
+        config,
+        train=list(chosen.train),
+        val=list(chosen.val or config.val),
+        test=list(chosen.test or config.test),
+    )
+
+
 def load_training_data(
     config: DataConfig,
     *,
@@ -316,18 +339,8 @@ def load_training_data(
     """
     from hexpress.data.preprocess import read_gene_list, select_genes
 
-    train_ids, val_ids = list(config.train), list(config.val)
-    if config.split_file is not None:
-        from hexpress.data.preprocess import read_split_file
-
-        splits = {s.name: s for s in read_split_file(config.split_file)}
-        if config.split not in splits:
-            raise ConfigError(
-                f"data.split {config.split!r} is not in {config.split_file}; splits: "
-                f"{', '.join(splits)}."
-            )
-        chosen = splits[config.split]
-        train_ids, val_ids = chosen.train, chosen.val or val_ids
+    resolved = resolve_split(config)
+    train_ids, val_ids = list(resolved.train), list(resolved.val)
     if not train_ids:
         raise ConfigError("data.train is empty: name the training sample ids.")
     given = dict(samples or {})
