@@ -135,3 +135,19 @@ def test_bench_config_errors(tmp_path):
     )
     with pytest.raises(InputFileError, match="missing.yaml"):
         run_bench(cfg)
+
+
+def test_demo_config_resolves(tmp_path):
+    """The demo's benchmark: two slides, PixNet and the patch baseline, five scales."""
+    from hexpress.eval.bench import method_train_config
+    from hexpress.eval.demo import demo_config
+
+    cfg = load_bench_config(demo_config(tmp_path / "demo", steps=7))
+    assert [m.name for m in cfg.methods] == ["PixNet", "EfficientNet-Lite0 patch"]
+    assert [s.name for s in cfg.cross_scale.scales] == [
+        "spot_100um", "spot_55um", "bin_16um", "bin_8um", "bin_2um"
+    ]  # fmt: skip
+    assert {s.seed for s in cfg.simulate} == {0, 1}
+    for m in cfg.methods:
+        t = method_train_config(cfg, m, cfg.folds[0], tmp_path / "run")
+        assert t.optim.max_steps == 7 and t.data.train == ["train"] and t.data.test == ["test"]

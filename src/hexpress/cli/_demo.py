@@ -12,7 +12,7 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         out: Path = typer.Option(Path("hexpress-demo"), "--out", "-o", help="Output folder."),
-        steps: int = typer.Option(120, "--steps", help="Training steps of each model."),
+        steps: int = typer.Option(200, "--steps", help="Training steps of each model."),
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Delete a previous demo's report first and redo it."
         ),

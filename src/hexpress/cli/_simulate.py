@@ -18,6 +18,9 @@ def register(app: typer.Typer) -> None:
         size_mm: float = typer.Option(1.0, "--size-mm", help="Slide width = height, in mm."),
         mpp: float = typer.Option(0.5, "--mpp", help="µm per pixel of the rendered H&E."),
         n_genes: int = typer.Option(300, "--n-genes", help="Size of the gene panel."),
+        panel_seed: int = typer.Option(
+            0, "--panel-seed", help="Seed of the gene panel; slides of one panel share genes."
+        ),
         formats: str = typer.Option(
             "legacy_st,visium,visium_hd,xenium,truth",
             "--formats",
@@ -34,7 +37,9 @@ def register(app: typer.Typer) -> None:
             raise OutputExistsError(
                 f"{out} already exists and is not empty; choose a new --out or pass --overwrite."
             )
-        config = SimConfig(size_mm=size_mm, mpp=mpp, seed=seed, n_genes=n_genes)
+        config = SimConfig(
+            size_mm=size_mm, mpp=mpp, seed=seed, n_genes=n_genes, panel_seed=panel_seed
+        )
         fmts = tuple(f.strip() for f in formats.split(",") if f.strip())
         slide = simulate(config)
         manifest = write_all(slide, out, formats=fmts, overwrite=overwrite)

@@ -183,7 +183,7 @@ class SimulateConfig:
 
     Attributes:
         out: output folder of the slide.
-        seed, size_mm, mpp, n_genes: see :class:`hexpress.sim.SimConfig`.
+        seed, size_mm, mpp, n_genes, panel_seed: see :class:`hexpress.sim.SimConfig`.
     """
 
     out: str = ""
@@ -191,6 +191,7 @@ class SimulateConfig:
     size_mm: float = 2.0
     mpp: float = 0.5
     n_genes: int = 300
+    panel_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.out:
@@ -369,7 +370,13 @@ def _simulate(sim: SimulateConfig, say) -> None:
         return
     say(f"simulating a {sim.size_mm:g} mm slide (seed {sim.seed}) into {out}")
     slide = simulate(
-        SimConfig(size_mm=sim.size_mm, mpp=sim.mpp, n_genes=sim.n_genes, seed=sim.seed)
+        SimConfig(
+            size_mm=sim.size_mm,
+            mpp=sim.mpp,
+            n_genes=sim.n_genes,
+            seed=sim.seed,
+            panel_seed=sim.panel_seed,
+        )  # fmt: skip
     )
     write_all(slide, out, overwrite=True)
 
@@ -408,8 +415,14 @@ def _units(sample, name: str, max_units: int, seed: int):
 
 
 def _image_key(sample) -> str:
+    """Samples on one slide file (hard links included) share one dense map."""
     path = getattr(sample.image, "path", None)
-    return f"{Path(path).resolve() if path else id(sample.image)}@{sample.image.mpp:.6g}"
+    if path is None or not Path(path).exists():
+        where = str(id(sample.image))
+    else:
+        st = Path(path).stat()
+        where = f"{st.st_dev}:{st.st_ino}"
+    return f"{where}@{sample.image.mpp:.6g}"
 
 
 def run_bench(

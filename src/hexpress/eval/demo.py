@@ -15,7 +15,7 @@ from pathlib import Path
 __all__ = ["demo_config"]
 
 
-def demo_config(out_dir: str | Path = "hexpress-demo", *, steps: int = 120) -> dict:
+def demo_config(out_dir: str | Path = "hexpress-demo", *, steps: int = 200) -> dict:
     """The demo's benchmark config as a dict (:func:`~hexpress.eval.bench.load_bench_config`).
 
     Args:
@@ -40,7 +40,7 @@ def demo_config(out_dir: str | Path = "hexpress-demo", *, steps: int = 120) -> d
         "crop_px": 192,
         "geometries": [{"name": "visium_55um"}],
     }
-    run = {"ckpt_every": 40, "val_every": steps, "tensorboard": False}
+    run = {"ckpt_every": 50, "val_every": steps, "tensorboard": False}
     hd = f"{test}/visium_hd/binned_outputs"
     hd_image = f"{test}/visium_hd/image.tif"
     return {

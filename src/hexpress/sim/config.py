@@ -62,6 +62,10 @@ class SimConfig:
         mpp: µm per pixel of the rendered image.
         seed: random seed; the same config and seed give identical outputs.
         n_genes: size of the gene panel.
+        panel_seed: seed of the gene panel (what drives each gene, its effect sizes and its
+            baseline share of the library). Slides with the same ``panel_seed`` and ``n_genes``
+            measure the same genes, like sections of one assay, so a model trained on one slide
+            applies to another; ``seed`` changes the tissue, cells and counts.
         tissue_fraction: fraction of the slide covered by tissue (the rest is glass).
         domain_fractions: share of the tissue area of each domain (``stroma``, ``tumour``,
             ``immune``, ``fat``, ``vessel``); normalised to sum to 1.
@@ -86,6 +90,7 @@ class SimConfig:
     mpp: float = 0.5
     seed: int = 0
     n_genes: int = 300
+    panel_seed: int = 0
     tissue_fraction: float = 0.85
     domain_fractions: dict[str, float] = field(
         default_factory=lambda: dict(_DEFAULT_DOMAIN_FRACTIONS)
@@ -120,6 +125,10 @@ class SimConfig:
         _positive(self, "mpp", hi=10.0)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}.")
+        if not isinstance(self.panel_seed, int) or self.panel_seed < 0:
+            raise ConfigError(
+                f"panel_seed must be a non-negative integer, got {self.panel_seed!r}."
+            )
         if not isinstance(self.n_genes, int) or not 12 <= self.n_genes <= 20000:
             raise ConfigError(f"n_genes must be an integer in [12, 20000], got {self.n_genes!r}.")
         if not 0.05 <= self.tissue_fraction <= 1.0:

@@ -106,7 +106,8 @@ def simulate(config: SimConfig | None = None) -> SimulatedSlide:
     cells = make_cells(tissue, config, rngs[1])
     timings["cells_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    genes = make_gene_panel(config, rngs[2])
+    # the panel is the assay's, not the slide's: the same for every slide of one panel_seed
+    genes = make_gene_panel(config, np.random.default_rng(config.panel_seed))
     mu = cell_means(cells, genes, config, rngs[2])
     counts = sample_counts(mu, config.dispersion, rngs[2])
     del mu
