@@ -219,3 +219,49 @@ def resolve_image(
         f"No usable image: tried {', '.join(tried)} in {dirs}. Pass the full-resolution H&E "
         "image with image=... (--image) and its mpp."
     )
+
+
+def spaceranger_units(pos_path: Path, mtx_path: Path, chosen, *, geometry: str, size_um: float):
+    """The units of a Space Ranger matrix at their positions on the chosen image.
+
+    Reads the positions and the gene-expression part of the feature-barcode matrix, matches
+    barcodes (see :func:`match_counts_to_positions`) and builds the units' AnnData with
+    ``in_tissue``, ``array_row`` and ``array_col`` in ``obs`` and ``var["gene_ids"]``.
+
+    Args:
+        pos_path, mtx_path: positions file and matrix (``.h5`` or Matrix Market folder).
+        chosen: the image :func:`resolve_image` chose (its ``scale`` from full-resolution px).
+        geometry: ``disc`` (Visium spots) or ``square`` (Visium HD bins).
+        size_um: spot diameter or bin side in µm.
+
+    Returns:
+        ``(adata, stats)``: the AnnData and the matching statistics.
+    """
+    from hexpress import _keys as K
+    from hexpress.data.sample import make_units
+    from hexpress.io._tables import gene_expression_only, read_feature_matrix
+
+    positions = read_positions(pos_path)
+    tenx = gene_expression_only(read_feature_matrix(mtx_path), mtx_path)
+    tenx, pos, stats = match_counts_to_positions(tenx, positions, mtx_path, pos_path)
+    centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float) * chosen.scale
+    obs = pd.DataFrame(
+        {
+            K.IN_TISSUE: pos["in_tissue"].to_numpy(dtype=int),
+            "array_row": pos["array_row"].to_numpy(dtype=int),
+            "array_col": pos["array_col"].to_numpy(dtype=int),
+        }
+    )
+    adata = make_units(
+        tenx.counts,
+        genes=tenx.genes,
+        unit_ids=tenx.barcodes,
+        centers_px=centers,
+        geometry=geometry,
+        size_um=size_um,
+        source=mtx_path,
+        image=chosen.image,
+        obs=obs,
+    )
+    adata.var["gene_ids"] = list(tenx.gene_ids)
+    return adata, stats

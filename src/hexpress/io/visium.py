@@ -29,15 +29,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from hexpress import _keys as K
-from hexpress.data.sample import Sample, make_units
-from hexpress.io._spaceranger import match_counts_to_positions, read_positions, resolve_image
+from hexpress.data.sample import Sample
+from hexpress.io._spaceranger import resolve_image, spaceranger_units
 from hexpress.io._tables import (
     find_file,
-    gene_expression_only,
-    read_feature_matrix,
     read_json,
     require_dir,
 )
@@ -130,29 +126,9 @@ def read_visium(
         unit_um=VISIUM_SPOT_DIAMETER_UM,
         unit_name="Visium spot diameter",
     )
-    positions = read_positions(pos_path)
-    tenx = gene_expression_only(read_feature_matrix(mtx_path), mtx_path)
-    tenx, pos, stats = match_counts_to_positions(tenx, positions, mtx_path, pos_path)
-    centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float) * chosen.scale
-    obs = pd.DataFrame(
-        {
-            K.IN_TISSUE: pos["in_tissue"].to_numpy(dtype=int),
-            "array_row": pos["array_row"].to_numpy(dtype=int),
-            "array_col": pos["array_col"].to_numpy(dtype=int),
-        }
+    adata, stats = spaceranger_units(
+        pos_path, mtx_path, chosen, geometry=K.DISC, size_um=VISIUM_SPOT_DIAMETER_UM
     )
-    adata = make_units(
-        tenx.counts,
-        genes=tenx.genes,
-        unit_ids=tenx.barcodes,
-        centers_px=centers,
-        geometry=K.DISC,
-        size_um=VISIUM_SPOT_DIAMETER_UM,
-        source=mtx_path,
-        image=chosen.image,
-        obs=obs,
-    )
-    adata.var["gene_ids"] = list(tenx.gene_ids)
     run = outs.parent.name if outs.name == "outs" else outs.name
     sample_id = sample_id or run
     log.info(

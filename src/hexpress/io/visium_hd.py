@@ -25,16 +25,12 @@ import logging
 import re
 from pathlib import Path
 
-import pandas as pd
-
 from hexpress import _keys as K
-from hexpress.data.sample import Sample, make_units
+from hexpress.data.sample import Sample
 from hexpress.errors import ConfigError, InputFileError
-from hexpress.io._spaceranger import match_counts_to_positions, read_positions, resolve_image
+from hexpress.io._spaceranger import resolve_image, spaceranger_units
 from hexpress.io._tables import (
     find_file,
-    gene_expression_only,
-    read_feature_matrix,
     read_json,
     require_dir,
 )
@@ -144,29 +140,9 @@ def read_visium_hd(
         unit_um=float(size),
         unit_name="bin side",
     )
-    positions = read_positions(pos_path)
-    tenx = gene_expression_only(read_feature_matrix(mtx_path), mtx_path)
-    tenx, pos, stats = match_counts_to_positions(tenx, positions, mtx_path, pos_path)
-    centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float) * chosen.scale
-    obs = pd.DataFrame(
-        {
-            K.IN_TISSUE: pos["in_tissue"].to_numpy(dtype=int),
-            "array_row": pos["array_row"].to_numpy(dtype=int),
-            "array_col": pos["array_col"].to_numpy(dtype=int),
-        }
+    adata, stats = spaceranger_units(
+        pos_path, mtx_path, chosen, geometry=K.SQUARE, size_um=float(size)
     )
-    adata = make_units(
-        tenx.counts,
-        genes=tenx.genes,
-        unit_ids=tenx.barcodes,
-        centers_px=centers,
-        geometry=K.SQUARE,
-        size_um=float(size),
-        source=mtx_path,
-        image=chosen.image,
-        obs=obs,
-    )
-    adata.var["gene_ids"] = list(tenx.gene_ids)
     run = binned.parent
     run_name = run.parent.name if run.name == "outs" else run.name
     sample_id = sample_id or run_name
