@@ -597,7 +597,8 @@ def _cross_scale(config, fold, method, info, scale_samples, out, say):
 
 def _over_folds(table: pd.DataFrame, sections: dict[str, list]) -> pd.DataFrame:
     """One row per method over every held-out section of every fold: the mean of the
-    per-section summaries (each fold keeps its own genes, chosen on its training sections)."""
+    per-section summaries (each fold keeps its own genes, chosen on its training sections);
+    units are summed."""
     rows = []
     for method, secs in sections.items():
         if not secs:
@@ -611,6 +612,8 @@ def _over_folds(table: pd.DataFrame, sections: dict[str, list]) -> pd.DataFrame:
                 row[col] = float(table.loc[table["method"] == method, col].sum())
             elif col == "n_sections":
                 row[col] = len(secs)
+            elif col == "n_units":
+                row[col] = int(summ[col].sum())
             elif col in summ.columns:
                 vals = summ[col].to_numpy(dtype=np.float64)
                 vals = vals[np.isfinite(vals)]
