@@ -103,3 +103,14 @@ def test_bins_aligned_with_cells_are_the_map(tmp_path, rng):
     assert a.obs_names[W + 3] == "s_002um_00001_00003"
     bins8 = aggregate_units(dm, grid_bins(720, 560, 0.25, 8.0), progress=False)
     np.testing.assert_allclose(bins8.X[0], values[:4, :4].mean((0, 1)), rtol=1e-6)
+
+
+def test_density_total_underflow_predicts_zero_not_nan():
+    """A covered unit whose summed total is 0 (float16 underflow) gives 0, like training."""
+    from hexpress.infer import finish_units
+
+    sums = np.array([[0.0, 0.0, 0.0, 1.0], [2.0, 1.0, 4.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    out = finish_units(sums, "density", 2, scale=10.0)
+    np.testing.assert_array_equal(out[0], [0.0, 0.0])
+    np.testing.assert_allclose(out[1], np.log1p(10.0 * np.array([2.0, 1.0]) / 4.0), rtol=1e-6)
+    assert np.isnan(out[2]).all()  # nothing covered: no prediction

@@ -147,9 +147,12 @@ class CrossScaleConfig:
 
 @dataclass
 class PredictConfig:
-    """Inference settings shared by every method (see :class:`hexpress.infer.PredictOptions`)."""
+    """Inference settings shared by every method (see :class:`hexpress.infer.PredictOptions`):
+    ``batch_size`` crops per forward pass for patch models, ``tile_batch_size`` tiles for dense
+    models."""
 
     batch_size: int = 8
+    tile_batch_size: int = 1  # dense models: tiles per forward pass (a 2048 px tile is large)
     tta: bool = False
     device: str = "auto"
     tile_px: int | None = None
@@ -398,7 +401,7 @@ def _predict(info, sample, units_list, out_dir: Path, bench: BenchConfig) -> tup
             return preds, float(s.get("seconds_total", math.nan))
     p = bench.predict
     opts = PredictOptions(
-        batch_size=p.batch_size, tta=p.tta, device=p.device, tile_px=p.tile_px,
+        batch_size=p.tile_batch_size if info.kind == "dense" else p.batch_size, tta=p.tta, device=p.device, tile_px=p.tile_px,
         detect_tissue=p.detect_tissue, overwrite=True,
     )  # fmt: skip
     s = predict_one(sample.image, info, out_dir, opts, units=units_list)

@@ -274,9 +274,10 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
         if mode == "field":
             out = sums[:, :n_genes] / covered[:, None]
         elif mode == "density":
-            total = sums[:, n_genes]
+            # as in training (models.aggregate.predict_units): a covered unit whose predicted
+            # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN
+            total = np.maximum(sums[:, n_genes], 1e-12)
             out = np.log1p(scale * sums[:, :n_genes] / total[:, None])
-            out[total <= 0] = np.nan
         else:
             raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
     out[covered <= 0] = np.nan
