@@ -16,10 +16,12 @@ from hexpress.models.aggregate import Footprints, footprint_weights
 def test_map_shape_for_any_input_size(size):
     torch.manual_seed(0)
     model = create_model("test_pixnet", n_genes=6).eval()
-    assert model.kind == "dense" and model.stride == 4 and model.n_out == 6
+    # density maps (the default) carry the genes and one total channel
+    assert model.kind == "dense" and model.stride == 4 and model.n_out == 7
     with torch.no_grad():
         out = model(torch.rand(2, 3, *size))
-    assert out.shape == (2, 6, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+    assert out.shape == (2, 7, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+    assert (out >= 0).all()  # densities
     assert torch.isfinite(out).all()
 
 

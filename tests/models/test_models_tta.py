@@ -68,6 +68,6 @@ def test_invariant_patch_function_is_unchanged_and_others_are_averaged():
 
 
 def test_dense_tta_on_pixnet_keeps_shape():
-    model = create_model("test_pixnet", n_genes=2).eval()
+    model = create_model("test_pixnet", n_genes=2, mode="field").eval()
     out = dense_tta(model, torch.rand(1, 3, 40, 36))
     assert out.shape == (1, 2, 10, 9) and torch.isfinite(out).all()

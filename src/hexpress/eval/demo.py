@@ -56,7 +56,7 @@ def demo_config(out_dir: str | Path = "hexpress-demo", *, steps: int = 200) -> d
                 "name": "PixNet",
                 "config": {
                     "data": data,
-                    "model": {"name": "pixnet", "kwargs": {"mode": "field"}},
+                    "model": {"name": "pixnet", "kwargs": {"mode": "density"}},
                     "optim": {"batch_size": 4, "max_steps": steps},
                     "run": run,
                 },

@@ -91,7 +91,7 @@ class PixNet(nn.Module):
         encoder: str = "tf_efficientnet_lite0",
         pretrained: bool = True,
         encoder_weights: str | None = None,
-        mode: str = "field",
+        mode: str = "density",
         out_stride: int = 4,
         width: int = 128,
         hidden: int = 512,
