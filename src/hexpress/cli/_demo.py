@@ -36,10 +36,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", err=True)
 
         typer.echo(f"hexpress demo: everything goes to {out.resolve()}", err=True)
-        if overwrite and Path(cfg.out_dir).exists():
-            import shutil
-
-            shutil.rmtree(cfg.out_dir)
-        result = run_bench(cfg, on_step=step)
+        result = run_bench(cfg, overwrite=overwrite, on_step=step)  # slides are kept
         print_result(result, t0)
         typer.echo(f"Open the report in a browser: file://{result.files['report.html'].resolve()}")
