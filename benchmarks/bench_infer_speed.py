@@ -4,18 +4,22 @@
    depend on them) predicting every 8 µm and every 2 µm bin of a 4 mm x 4 mm region at
    ``model_mpp`` 0.5 µm/px (8000 x 8000 input px): the dense map is computed once, then each
    bin size is aggregated from it. By default the map time is **extrapolated** from a timed
-   sample of tiles (``--dense-tiles``; time per tile x tiles of the region); ``--full`` runs the
-   whole region.
+   sample of tiles (``--dense-tiles``; time per tile x tiles of the region) and the bin time
+   from the aggregation rate of part 3; ``--full`` runs the whole region and then aggregates
+   every 8 µm and every 2 µm bin of it into an AnnData, all timed.
 2. The single-patch baseline (``lite0_patch``: EfficientNet-Lite0, 112 µm crops resized to
-   224 px) doing one crop per 8 µm bin (250 000 crops) and per 2 µm bin (4 000 000 crops):
-   **extrapolated** from a timed sample of crops (``--patch-crops``).
+   224 px) doing one crop per 8 µm bin (250 000 crops) and per 2 µm bin (4 000 000 crops).
+   By default both are **extrapolated** from a timed sample of crops (``--patch-crops``);
+   ``--patch-all`` runs every 8 µm bin of the region (about 50 min on 2 CPU cores) and
+   extrapolates only the 2 µm case from it.
 3. Aggregation throughput: every 2 µm bin of a 6.5 mm x 6.5 mm area (3250 x 3250 = 10.6 M bins)
    from an on-disk map whose cells are 2 µm, with ``--agg-genes`` genes (16 by default: the
    output matrix of 10.6 M x 250 genes would need 10.6 GB as float32), timed twice: the sums
    and predictions (``unit_sums`` + ``finish_units``) and the whole ``aggregate_units`` call
    (AnnData with 10.6 M string ids included).
 
-Usage: ``python benchmarks/bench_infer_speed.py [--full] [--threads 2]``. Prints one JSON object.
+Usage: ``python benchmarks/bench_infer_speed.py [--full] [--patch-all] [--threads 2]``.
+Prints one JSON object on stdout; each part is also printed to stderr as soon as it is done.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,7 +52,6 @@ from hexpress.infer.patch_engine import predict_patches
 from hexpress.io import ArrayImage
 from hexpress.models import create_model
 
-REGION_UM = 4000.0
 MODEL_MPP = 0.5
 
 
@@ -63,7 +68,7 @@ def bench_dense(args, work: Path) -> dict:
     torch.manual_seed(0)
     model = create_model("pixnet", n_genes=250, pretrained=False).eval()
     info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(250)]})
-    side = int(REGION_UM / MODEL_MPP)
+    side = int(args.region_um / MODEL_MPP)
     t0 = time.perf_counter()
     rf = info.receptive_field_px
     t_rf = time.perf_counter() - t0
@@ -94,9 +99,22 @@ def bench_dense(args, work: Path) -> dict:
     t_tiles = time.perf_counter() - t0
     per_tile = t_tiles / len(tiles)
     map_s = per_tile * len(grid)
+    bins: dict = {}
+    if args.full:
+        dm.finalize()
+        dm = open_dense_map(work / "dense.zarr")
+        for um in (8, 2):
+            t0 = time.perf_counter()
+            units = grid_bins(side, side, MODEL_MPP, float(um))
+            a = aggregate_units(dm, units, memory_mb=args.memory_mb, progress=False)
+            t_agg = time.perf_counter() - t0
+            bins[f"bins_{um}um"] = int(a.n_obs)
+            bins[f"seconds_aggregate_{um}um"] = round(t_agg, 1)
+            bins[f"seconds_{um}um_bins"] = round(t_tiles + t_agg, 1)
+            del a, units
     return {
         "model": "pixnet (tf_efficientnet_lite0, 250 genes, stride 4, width 128, hidden 512)",
-        "region_um": REGION_UM,
+        "region_um": args.region_um,
         "model_mpp": MODEL_MPP,
         "input_px": side,
         "receptive_field_px": rf,
@@ -108,10 +126,11 @@ def bench_dense(args, work: Path) -> dict:
         "seconds_per_tile": round(per_tile, 3),
         "seconds_map_region": round(map_s, 1),
         "map_extrapolated": not args.full,
+        **bins,
     }
 
 
-def bench_patch(args) -> dict:
+def bench_patch(args, work: Path) -> dict:
     torch.manual_seed(0)
     model = create_model("lite0_patch", n_genes=250, pretrained=False).eval()
     meta = {
@@ -119,27 +138,33 @@ def bench_patch(args) -> dict:
         "patch_um": float(model.patch_um), "input_px": int(model.input_px),
     }  # fmt: skip
     info = ModelInfo(model, meta)
-    n = args.patch_crops
-    crop_px = int(round(model.patch_um / MODEL_MPP))
-    side = crop_px * 4
+    if args.patch_all:
+        side = int(args.region_um / MODEL_MPP)  # every 8 µm bin of the region
+    else:
+        side = int(round(model.patch_um / MODEL_MPP)) * 4
     slide = ArrayImage(_he_like(side), mpp=MODEL_MPP)
     bins = grid_bins(side, side, MODEL_MPP, 8.0)
-    bins = bins.subset(np.arange(min(n, len(bins))))
+    if not args.patch_all:
+        bins = bins.subset(np.arange(min(args.patch_crops, len(bins))))
     predict_patches(slide, info, bins.subset(np.arange(2)), batch_size=2, progress=False)
     t0 = time.perf_counter()
-    predict_patches(slide, info, bins, batch_size=args.batch_size * 4, progress=False)
-    per_crop = (time.perf_counter() - t0) / len(bins)
-    n8 = int(REGION_UM / 8) ** 2
-    n2 = int(REGION_UM / 2) ** 2
+    predict_patches(slide, info, bins, batch_size=args.batch_size * 4, progress=args.patch_all)
+    t_crops = time.perf_counter() - t0
+    per_crop = t_crops / len(bins)
+    n8 = int(args.region_um / 8) ** 2
+    n2 = int(args.region_um / 2) ** 2
+    if args.patch_all:
+        assert len(bins) == n8, (len(bins), n8)
     return {
         "model": f"lite0_patch ({model.patch_um:g} µm crops resized to {model.input_px} px)",
         "crops_timed": len(bins),
         "seconds_per_crop": round(per_crop, 4),
         "bins_8um": n8,
-        "seconds_8um_bins": round(per_crop * n8, 1),
+        "seconds_8um_bins": round(t_crops if args.patch_all else per_crop * n8, 1),
         "bins_2um": n2,
         "seconds_2um_bins": round(per_crop * n2, 1),
-        "extrapolated": True,
+        "extrapolated_8um": not args.patch_all,
+        "extrapolated_2um": True,
     }
 
 
@@ -188,9 +213,13 @@ def bench_aggregation(args, work: Path) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="predict the whole 4 mm region")
+    p.add_argument("--region-um", type=float, default=4000.0, help="side of the square region")
+    p.add_argument(
+        "--full", action="store_true", help="predict the whole region, then aggregate its bins"
+    )
     p.add_argument("--dense-tiles", type=int, default=4)
     p.add_argument("--patch-crops", type=int, default=64)
+    p.add_argument("--patch-all", action="store_true", help="one crop per 8 µm bin of the region")
     p.add_argument("--tile-px", type=int, default=None, help="default: 1024 px core + margins")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--agg-genes", type=int, default=16)
@@ -202,18 +231,20 @@ def main() -> None:
     skip = set(args.skip.split(","))
     work = Path(tempfile.mkdtemp(prefix="hexpress_speed_"))
     out: dict = {"benchmark": "infer_speed", "threads": args.threads, "device": "cpu"}
-    if "aggregation" not in skip:
-        out["aggregation"] = bench_aggregation(args, work)
-    if "dense" not in skip:
-        out["dense"] = bench_dense(args, work)
-    if "patch" not in skip:
-        out["patch"] = bench_patch(args)
-    if "dense" in out and "aggregation" in out:
+    parts = {"aggregation": bench_aggregation, "dense": bench_dense, "patch": bench_patch}
+    try:
+        for name, run in parts.items():
+            if name not in skip:
+                out[name] = run(args, work)
+                print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if "dense" in out and "aggregation" in out and not args.full:
         agg = out["aggregation"]
-        rate = agg["bins_per_second"] * 16 / 250  # sums scale with channels
+        rate = agg["bins_per_second"] * agg["genes"] / 250  # sums scale with channels
         d = out["dense"]
         for um in (8, 2):
-            nb = int(REGION_UM / um) ** 2
+            nb = int(args.region_um / um) ** 2
             d[f"seconds_{um}um_bins"] = round(d["seconds_map_region"] + nb / rate, 1)
         d["aggregation_note"] = (
             "bin time = map time + bins / (measured 2 µm bin rate scaled from "
@@ -223,7 +254,7 @@ def main() -> None:
         out["patch_over_dense_8um"] = round(
             out["patch"]["seconds_8um_bins"] / out["dense"]["seconds_8um_bins"], 1
         )
-    print(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":
