@@ -70,7 +70,8 @@ def test_pcc_vs_morans_title_has_rho(rng):
     moran = pd.Series(np.linspace(0, 1, 20), index=genes)
     pcc = pd.Series(np.linspace(0, 0.8, 20), index=genes)
     ax = plot_pcc_vs_morans(pcc, moran, ax=_ax(), label="dense")
-    assert "dense: Spearman rho = 1.00" in ax.get_title() and "n = 20" in ax.get_title()
+    assert ax.get_title().splitlines()[0] == "dense"
+    assert "Spearman rho = 1.00" in ax.get_title() and "n = 20" in ax.get_title()
 
 
 def test_cross_scale_curves_one_line_per_method():
@@ -88,3 +89,16 @@ def test_cross_scale_curves_one_line_per_method():
     np.testing.assert_allclose(lines[1].get_xdata(), [2, 8, 100])  # sorted by size
     with pytest.raises(ConfigError, match="no column 'PCC@S'"):
         plot_cross_scale(table, metric="PCC@S")
+
+
+def test_cross_scale_legend_says_when_a_method_has_no_defined_value():
+    table = pd.DataFrame(
+        {
+            "method": ["model", "model", "mean", "mean"],
+            "scale_um": [100.0, 8.0, 100.0, 8.0],
+            "PCC@M": [0.5, 0.2, np.nan, np.nan],
+        }
+    )
+    ax = plot_cross_scale(table, ax=_ax())
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["model", "mean (PCC@M undefined)"]

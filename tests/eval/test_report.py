@@ -113,3 +113,19 @@ def test_results_table_pooled(report):
     assert pooled.loc[0, "PCC@M"] == pytest.approx(
         aggregate(results[0].sections, "pooled")["PCC@M"]
     )
+
+
+def test_constant_method_is_left_out_of_the_morans_scatter_and_said_so(tmp_path):
+    from eval_helpers import noisy_prediction
+
+    from hexpress.eval.matching import evaluate_anndata
+
+    results, truths, images = synthetic_results(n_sections=1)
+    pred = noisy_prediction(truths["sec0"], 0.0)
+    pred.X = np.broadcast_to(pred.X.mean(0), pred.X.shape).copy()  # like the training mean
+    const = MethodResult("constant", [evaluate_anndata(truths["sec0"], pred, section="sec0")])
+    assert not np.isfinite(const.gene_pcc().to_numpy()).any()
+    write_report(tmp_path, [*results, const], truths=truths, images=images)
+    html = (tmp_path / "report.html").read_text()
+    assert "Not shown, every PCC undefined: constant." in html
+    assert (tmp_path / "figures" / "pcc_vs_morans.png").is_file()

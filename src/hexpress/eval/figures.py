@@ -107,11 +107,21 @@ def plot_pcc_vs_morans(pcc, morans, *, ax=None, label: str | None = None, annota
     both = pd.concat([x.rename("I"), y.rename("pcc")], axis=1, join="inner").astype(float)
     both = both[np.isfinite(both["I"]) & np.isfinite(both["pcc"])]
     ax.scatter(both["I"], both["pcc"], s=10, alpha=0.7)
-    for gene, row in both.nlargest(annotate, "pcc").iterrows() if annotate else []:
-        ax.annotate(str(gene), (row["I"], row["pcc"]), fontsize=7, alpha=0.8)
+    # the best genes sit close together at the top: their names go in a column below-right,
+    # each joined to its point, so that they do not print over each other
+    top = both.nlargest(annotate, "pcc") if annotate else both.iloc[:0]
+    for i, (gene, row) in enumerate(top.iterrows()):
+        ax.annotate(
+            str(gene), (row["I"], row["pcc"]), xytext=(12, -10 - 9 * i),
+            textcoords="offset points", fontsize=7, alpha=0.8,
+            arrowprops={"arrowstyle": "-", "linewidth": 0.4, "alpha": 0.5},
+        )  # fmt: skip
     rho = predictability(y, x, x).loc["morans_i"]
-    prefix = f"{label}: " if label else ""
-    ax.set_title(f"{prefix}Spearman rho = {rho['rho']:.2f} (p = {rho['p']:.1e}, n = {len(both)})")
+    prefix = f"{label}\n" if label else ""  # long method names get a line of their own
+    ax.set_title(
+        f"{prefix}Spearman rho = {rho['rho']:.2f} (p = {rho['p']:.1e}, n = {len(both)})",
+        fontsize=10,
+    )
     ax.set_xlabel("Moran's I of measured expression")
     ax.set_ylabel("per-gene PCC")
     return ax
@@ -134,7 +144,11 @@ def plot_cross_scale(table: pd.DataFrame, *, metric: str = "PCC@M", ax=None):
     ax = _ax(ax, (6, 4))
     for method, g in table.groupby("method", sort=False):
         g = g[np.isfinite(g["scale_um"].astype(float))].sort_values("scale_um")
-        ax.plot(g["scale_um"], g[metric], marker="o", label=str(method))
+        values = pd.to_numeric(g[metric], errors="coerce")
+        label = str(method)
+        if not np.isfinite(values).any():  # a constant prediction has no correlation
+            label += f" ({metric} undefined)"
+        ax.plot(g["scale_um"], values, marker="o", label=label)
     ax.set_xscale("log")
     sizes = np.unique(table["scale_um"].astype(float))
     sizes = sizes[np.isfinite(sizes)]

@@ -407,23 +407,27 @@ def write_report(
         "Per-gene Pearson correlation between predicted and measured expression (averaged over "
         f"held-out sections; undefined PCCs left out). Dashed line: PCC = {threshold:.2f}.",
     )
-    if morans_gene is not None:
-        n = len(results)
+    # a method whose every PCC is undefined (a constant prediction) has nothing to scatter
+    scattered = [r for r in results if np.isfinite(r.gene_pcc().to_numpy()).any()]
+    if morans_gene is not None and scattered:
+        n = len(scattered)
         cols = min(n, 3)
         rows = math.ceil(n / cols)
-        fig = _new_figure(5.0 * cols, 4.0 * rows)
+        fig = _new_figure(5.0 * cols, 4.2 * rows)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, r in zip(axes, results, strict=False):
+        for ax, r in zip(axes, scattered, strict=False):
             plot_pcc_vs_morans(r.gene_pcc(), morans_gene, ax=ax, label=r.method)
         for ax in axes[n:]:
             ax.set_visible(False)
         fig.tight_layout()
+        left_out = [r.method for r in results if r not in scattered]
         add_figure(
             "pcc_vs_morans.png",
             fig,
             "Per-gene PCC against the Moran's I (k = 6 nearest neighbours) of the measured "
             "expression; Spearman's rho in each title. Spatially organised genes are easier "
-            "to predict from histology when rho > 0.",
+            "to predict from histology when rho > 0."
+            + (f" Not shown, every PCC undefined: {', '.join(left_out)}." if left_out else ""),
         )
     if cross_table is not None:
         fig = _new_figure(6.5, 4.2)
