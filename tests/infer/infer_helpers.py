@@ -102,6 +102,7 @@ def write_map(
     genes=None,
     covered=None,
     chunk=16,
+    tissue_mask=None,
 ):
     """A complete on-disk map holding ``values`` ``(H, W, C)`` (NaN / ``covered`` False = none)."""
     from hexpress.infer import create_dense_map
@@ -112,7 +113,7 @@ def write_map(
     f = slide_mpp / model_mpp
     dm = create_dense_map(
         path, map_shape=(H, W), n_channels=C, chunk_cells=chunk, n_tiles=1,
-        tissue_mask=np.ones((8, 8), bool),
+        tissue_mask=np.ones((8, 8), bool) if tissue_mask is None else tissue_mask,
         attrs={
             "map_mpp": model_mpp * stride, "origin_px": [0, 0], "stride": stride,
             "model_mpp": model_mpp, "genes": genes, "mode": mode,

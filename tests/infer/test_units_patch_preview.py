@@ -118,6 +118,14 @@ def test_preview_png(tmp_path, rng):
     assert k == 2 and thumb.shape == (15, 20, 1)
     np.testing.assert_allclose(thumb[10, 3, 0], values[20:22, 6:8, 1].mean(), rtol=1e-2)
     assert np.isnan(thumb[0, 0, 0])
+    # glass inside a predicted tile is hidden: the mask's left half has no tissue
+    mask = np.ones((8, 8), bool)
+    mask[:, :4] = False
+    dm = write_map(tmp_path / "m2.zarr", values, tissue_mask=mask)
+    shown, _ = map_thumbnail(dm, ["G1"], max_side=20)
+    assert np.isnan(shown[:, :10]).all() and np.isfinite(shown[10:, 10:]).all()
+    every, _ = map_thumbnail(dm, ["G1"], max_side=20, tissue_only=False)
+    assert np.isfinite(every[10:, :10]).all()
     slide = ArrayImage(he_like(240, 320), mpp=0.25)
     [png] = write_previews(dm, slide, ["G1"], tmp_path / "p", max_side=100)
     assert png.name == "preview_G1.png" and png.stat().st_size > 1000

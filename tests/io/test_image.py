@@ -88,3 +88,20 @@ def test_unreadable_and_unsupported_images(tmp_path):
     other.write_bytes(b"")
     with pytest.raises(FormatError, match="Supported"):
         open_image(other, mpp=1.0)
+
+
+def test_slide_larger_than_pillows_bomb_limit_opens_quietly(tmp_path, noise, monkeypatch):
+    """A whole-slide JPEG or PNG is legitimately huge: no DecompressionBomb warning or error."""
+    import warnings
+
+    from PIL import Image
+
+    path = tmp_path / "slide.png"
+    Image.fromarray(noise[:64, :80]).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 80 px is over twice this
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = open_image(path, mpp=0.5)
+        assert (img.width, img.height) == (80, 64)
+        np.testing.assert_array_equal(img.read_region(0, 0, 80, 64, mpp=0.5), noise[:64, :80])
+    assert Image.MAX_IMAGE_PIXELS == 1000  # the user's own setting is left as it was

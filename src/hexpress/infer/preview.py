@@ -28,9 +28,16 @@ def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> n
 
 
 def map_thumbnail(
-    dm: DenseMap, genes: Sequence[str], *, max_side: int = 1024
+    dm: DenseMap, genes: Sequence[str], *, max_side: int = 1024, tissue_only: bool = True
 ) -> tuple[np.ndarray, int]:
     """Per-gene map averaged down so its longer side is at most ``max_side``.
+
+    Args:
+        dm: a complete map.
+        genes: genes to read.
+        max_side: longest side of the result, in cells.
+        tissue_only: NaN where the map's tissue mask has no tissue. Tiles are predicted whole, so
+            the glass around tissue inside a tile has values too; a preview hides them.
 
     Returns:
         ``(values, factor)``: ``(h, w, len(genes))`` float32 (NaN where nothing was predicted)
@@ -58,6 +65,11 @@ def map_thumbnail(
             mean = np.nanmean(g, axis=(1, 3))
         r0 = y0 // k
         out[r0 : r0 + mean.shape[0]] = mean[: h - r0]
+    if tissue_only:
+        cell_px = k * dm.map_mpp / dm.slide_mpp  # level-0 px per thumbnail cell
+        yy, xx = np.mgrid[0:h, 0:w]
+        centres = np.stack([(xx.ravel() + 0.5) * cell_px, (yy.ravel() + 0.5) * cell_px], axis=1)
+        out[~dm.tissue_mask.contains(centres).reshape(h, w)] = np.nan
     return out, k
 
 

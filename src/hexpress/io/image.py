@@ -13,6 +13,8 @@ level-0 pixels, resampled to any requested ``mpp``. Backends:
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import math
@@ -233,6 +235,18 @@ class ArrayImage(SlideImage):
         return self._array[y0:y1, x0:x1]
 
 
+@contextlib.contextmanager
+def _no_pixel_limit():
+    """Lift Pillow's decompression-bomb limit (89 Mpx) for a slide the user named: a whole-slide
+    JPEG or PNG is legitimately larger (it warns above the limit and refuses above twice it)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 class PillowImage(SlideImage):
     """JPEG or PNG, opened for its size at once and decoded whole on the first read."""
 
@@ -240,7 +254,7 @@ class PillowImage(SlideImage):
         self.path = Path(path)
         self.mpp = _check_mpp(mpp, f"Image {self.path}")
         try:
-            with Image.open(self.path) as im:
+            with _no_pixel_limit(), Image.open(self.path) as im:
                 self.width, self.height = im.size
         except Exception as e:  # PIL raises many types for broken files
             raise FormatError(f"Cannot read image {self.path}: {e}. Is it a valid JPEG/PNG?") from e
@@ -254,15 +268,11 @@ class PillowImage(SlideImage):
     def _load(self) -> np.ndarray:
         with self._lock:
             if self._array is None:
-                previous = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = None  # slides are legitimately huge
                 try:
-                    with Image.open(self.path) as im:
+                    with _no_pixel_limit(), Image.open(self.path) as im:
                         self._array = np.asarray(im.convert("RGB"))
                 except Exception as e:
                     raise FormatError(f"Cannot decode image {self.path}: {e}.") from e
-                finally:
-                    Image.MAX_IMAGE_PIXELS = previous
         return self._array
 
     def _read_level(self, level, x0, y0, x1, y1):
