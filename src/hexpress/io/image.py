@@ -14,7 +14,6 @@ level-0 pixels, resampled to any requested ``mpp``. Backends:
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import math
