@@ -400,8 +400,9 @@ def _predict(info, sample, units_list, out_dir: Path, bench: BenchConfig) -> tup
             preds = {u.name: ad.read_h5ad(out_dir / f"{u.name}.h5ad") for u in units_list}
             return preds, float(s.get("seconds_total", math.nan))
     p = bench.predict
+    batch = p.tile_batch_size if info.kind == "dense" else p.batch_size
     opts = PredictOptions(
-        batch_size=p.tile_batch_size if info.kind == "dense" else p.batch_size, tta=p.tta, device=p.device, tile_px=p.tile_px,
+        batch_size=batch, tta=p.tta, device=p.device, tile_px=p.tile_px,
         detect_tissue=p.detect_tissue, overwrite=True,
     )  # fmt: skip
     s = predict_one(sample.image, info, out_dir, opts, units=units_list)

@@ -395,9 +395,10 @@ def write_report(
         put(f"figures/{name}", png)
         figures.append((f"figures/{name}", caption, png))
 
+    gene_pccs = {r.method: r.gene_pcc() for r in results}
     fig = _new_figure(max(5.0, 1.5 * len(results) + 2.5), 4.0)
     plot_pcc_distribution(
-        {r.method: r.gene_pcc().to_numpy() for r in results},
+        {m: g.to_numpy() for m, g in gene_pccs.items()},
         threshold=threshold,
         ax=fig.add_subplot(),
     )
@@ -408,7 +409,8 @@ def write_report(
         f"held-out sections; undefined PCCs left out). Dashed line: PCC = {threshold:.2f}.",
     )
     # a method whose every PCC is undefined (a constant prediction) has nothing to scatter
-    scattered = [r for r in results if np.isfinite(r.gene_pcc().to_numpy()).any()]
+    left_out = [m for m, g in gene_pccs.items() if not np.isfinite(g.to_numpy()).any()]
+    scattered = [r for r in results if r.method not in left_out]
     if morans_gene is not None and scattered:
         n = len(scattered)
         cols = min(n, 3)
@@ -416,11 +418,10 @@ def write_report(
         fig = _new_figure(5.0 * cols, 4.2 * rows)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
         for ax, r in zip(axes, scattered, strict=False):
-            plot_pcc_vs_morans(r.gene_pcc(), morans_gene, ax=ax, label=r.method)
+            plot_pcc_vs_morans(gene_pccs[r.method], morans_gene, ax=ax, label=r.method)
         for ax in axes[n:]:
             ax.set_visible(False)
         fig.tight_layout()
-        left_out = [r.method for r in results if r not in scattered]
         add_figure(
             "pcc_vs_morans.png",
             fig,
