@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -172,12 +173,19 @@ def test_cli_train_from_disk(tmp_path, monkeypatch, capsys):
     assert code == 2 and "valid keys of optim" in stderr
 
 
+def _free_port() -> int:
+    """A port no other run holds now (a fixed one collides when two suites run at once)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     root = write_legacy_st(tmp_path / "st")
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "hexpress.cli", "train", str(SMOKE),
+           "--master_port", str(_free_port()), "-m", "hexpress.cli", "train", str(SMOKE),
            f"data.root={root}", "data.train=[S1,S2]", "run.progress=false", "run.threads=1",
            "--max-steps", "3", "--out", str(out)]  # fmt: skip
     r = subprocess.run(
