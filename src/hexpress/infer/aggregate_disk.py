@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -35,6 +34,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from hexpress import _keys as K
+from hexpress._files import atomic_path
 from hexpress.errors import ConfigError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
@@ -403,7 +403,6 @@ def aggregate_units(
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:
     """Write ``adata`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
     return path
