@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from hexpress import _keys as K
 from hexpress._files import atomic_path
+from hexpress.data.preprocess import normalize_counts
 from hexpress.errors import ConfigError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
@@ -276,8 +277,7 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
         elif mode == "density":
             # as in training (models.aggregate.predict_units): a covered unit whose predicted
             # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN
-            total = np.maximum(sums[:, n_genes], 1e-12)
-            out = np.log1p(scale * sums[:, :n_genes] / total[:, None])
+            out = normalize_counts(sums[:, :n_genes], sums[:, n_genes], scale)
         else:
             raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
     out[covered <= 0] = np.nan

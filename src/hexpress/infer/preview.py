@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from hexpress._files import write_figure
+from hexpress.data.preprocess import normalize_counts
 from hexpress.errors import DataMismatchError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.io.image import SlideImage
@@ -22,8 +23,7 @@ __all__ = ["map_thumbnail", "write_previews"]
 
 def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> np.ndarray:
     if mode == "density":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.log1p(scale * vals[..., idx] / vals[..., -1:])
+        return normalize_counts(vals[..., idx], vals[..., -1], scale)
     return vals[..., idx]
 
 
