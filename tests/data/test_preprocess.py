@@ -119,3 +119,42 @@ def test_split_files(tmp_path):
     (tmp_path / "leak.yaml").write_text("splits:\n  - {name: x, train: [A1], test: [A1]}\n")
     with pytest.raises(ConfigError, match="both trained and tested"):
         read_split_file(tmp_path / "leak.yaml")
+
+
+def test_normalize_counts_clamps_zero_and_tiny_totals_and_keeps_leading_shape():
+    import torch
+
+    counts = np.array([[[2.0, 0.0], [1e-20, 0.0]], [[0.0, 0.0], [3.0, 1.0]]])  # (2, 2, g=2)
+    totals = np.array([[4.0, 0.0], [1e-30, np.nan]])
+    out = normalize_counts(counts, totals, 10.0)
+    assert out.shape == (2, 2, 2) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], np.log1p([5.0, 0.0]), rtol=1e-6)
+    assert (out[0, 1] == 0).all()  # a zero total gives 0, not inf or NaN
+    assert np.isfinite(out[1, 0]).all()  # a tiny total is floored, not divided by
+    assert np.isnan(out[1, 1]).all()  # an unknown total stays unknown
+    t = normalize_counts(torch.tensor(counts, requires_grad=True), torch.tensor(totals), 10.0)
+    np.testing.assert_allclose(t.detach().numpy(), out, rtol=1e-5)
+    t[0].sum().backward()  # differentiable where defined
+
+
+def test_every_density_prediction_path_uses_the_shared_normalisation():
+    """Training (torch), whole-slide aggregation and previews give the same numbers, and a unit
+    whose predicted total is 0 predicts 0 everywhere (no inf / NaN)."""
+    import torch
+
+    from hexpress.infer.aggregate_disk import finish_units
+    from hexpress.infer.preview import _gene_values
+    from hexpress.models.aggregate import predict_units
+
+    sums = np.array([[2.0, 1.0, 4.0], [0.5, 0.0, 0.0], [3.0, 3.0, 6.0]])  # genes..., total
+    want = normalize_counts(sums[:, :2], sums[:, 2], 100.0)
+    assert (want[1] == 0).all()
+    # torch: a map whose per-unit sums are ``sums`` (one pixel per unit, identity weights)
+    map_ = torch.tensor(sums.T.reshape(3, 1, 3), dtype=torch.float64)
+    weights = sp.identity(3, format="csr")
+    got = predict_units(map_, weights, "density", 100.0)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-6)
+    disk = finish_units(np.concatenate([sums, np.ones((3, 1))], axis=1), "density", 2, scale=100.0)
+    np.testing.assert_allclose(disk, want, rtol=1e-6)
+    prev = _gene_values(sums.reshape(1, 3, 3), [0, 1], "density", 100.0)
+    np.testing.assert_allclose(prev[0], want, rtol=1e-6)

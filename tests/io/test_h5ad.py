@@ -2,6 +2,7 @@ import anndata as ad
 import numpy as np
 import pytest
 
+from hexpress._files import TEMP_GLOB
 from hexpress.errors import ConfigError, UnitsError
 from hexpress.io import read_h5ad, read_visium, write_h5ad
 
@@ -9,7 +10,7 @@ from hexpress.io import read_h5ad, read_visium, write_h5ad
 def test_write_read_roundtrip_keeps_scanpy_layout(visium_v2, tmp_path):
     s = read_visium(visium_v2.root, sample_id="S1", patient_id="P1")
     path = write_h5ad(s, tmp_path / "s.h5ad")
-    assert not (tmp_path / "s.h5ad.partial").exists()
+    assert not list(tmp_path.glob(TEMP_GLOB))
     raw = ad.read_h5ad(path)
     lib = raw.uns["spatial"]["S1"]
     # what sc.pl.spatial / sq.pl.spatial_scatter read

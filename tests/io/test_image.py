@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from hexpress._files import TEMP_GLOB
 from hexpress.errors import FormatError, InputFileError, UnitsError
 from hexpress.io import ArrayImage, TiffImage, open_image, write_tiff
 
@@ -17,7 +18,7 @@ def test_pyramidal_tiff_roundtrip_keeps_pixels_and_mpp(tmp_path, noise):
     assert (img.width, img.height, img.mpp) == (900, 700, 0.5)
     assert len(img.level_downsamples) >= 3
     np.testing.assert_array_equal(img.read_region(13, 27, 300, 200), noise[27:227, 13:313])
-    assert not (tmp_path / "slide.tif.partial").exists()
+    assert not list(tmp_path.glob(TEMP_GLOB))
 
 
 def test_read_region_resamples_to_requested_mpp(noise):

@@ -26,9 +26,6 @@ def test_simulate_writes_and_refuses_to_overwrite(tmp_path):
 
 
 def test_info_reads_every_written_format(small_slide, small_out):
-    import pytest
-
-    pytest.importorskip("hexpress.cli._info")
     out, _ = small_out
     runner = CliRunner()
     cases = [

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from hexpress._files import TEMP_GLOB
 from hexpress.errors import ConfigError, OutputExistsError
 from hexpress.io.tenx_h5 import read_10x_h5
 from hexpress.sim.writers import write_all
@@ -66,7 +67,7 @@ def test_manifest_and_layout(small_out):
         "truth/gene_info.tsv",
     ]:
         assert (out / rel).is_file(), rel
-    assert not list(out.rglob("*.partial"))
+    assert not list(out.rglob(TEMP_GLOB)) and not list(out.rglob("*.partial"))
     sections = pd.read_csv(out / "legacy_st" / "sections.tsv", sep="\t")
     assert list(sections.columns) == [
         "section", "patient", "image", "coord_scale", "um_per_px", "spot_diameter_um",
@@ -181,7 +182,8 @@ def test_totals_agree_with_truth(small_slide, small_out):
 
 
 def test_readers_open_every_format(small_slide, small_out):
-    io = pytest.importorskip("hexpress.io")
+    import hexpress.io as io
+
     out, _ = small_out
     leg = io.read_legacy_st(out / "legacy_st", section="SIM1")
     cnt, _ = _legacy(out)

@@ -83,33 +83,48 @@ def total_counts(adata: ad.AnnData) -> np.ndarray:
     return np.asarray(_raw(adata).sum(axis=1), dtype=np.float64).ravel()
 
 
+#: Totals below this are raised to it before dividing (a predicted total that underflows in
+#: float16 must not turn a unit into inf); totals <= 0 give 0 outright.
+MIN_TOTAL = 1e-12
+
+
 def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE):
-    """``log1p(counts / totals * scale)`` row by row; rows with total 0 give 0.
+    """``log1p(counts / totals * scale)`` row by row: the one place hexpress computes it.
+
+    Used for training targets (observed counts) and for predictions (a predicted gene density
+    summed over a unit, divided by the predicted total). A row whose total is 0 (or negative)
+    gives 0; a positive total below :data:`MIN_TOTAL` is raised to it, so the result is finite
+    wherever ``counts`` and ``totals`` are; a NaN total gives NaN.
 
     Args:
-        counts: ``(n, g)`` raw counts (numpy, scipy sparse or torch tensor).
-        totals: ``(n,)`` total counts of each row over all genes.
+        counts: ``(..., g)`` raw counts or densities (numpy, scipy sparse ``(n, g)`` or torch
+            tensor).
+        totals: ``(...)`` total of each row over all genes (same leading shape as ``counts``).
         scale: the fixed scale (default 1e4).
 
     Returns:
-        Same kind as ``counts`` (sparse stays sparse), float32 (numpy) or the tensor's dtype.
+        Same kind and shape as ``counts`` (sparse stays sparse), float32 (numpy, sparse) or the
+        tensor's dtype (torch; differentiable in ``counts`` and ``totals``).
     """
-    if scale <= 0:
+    if not scale > 0:
         raise ConfigError(f"normalisation scale must be positive, got {scale}.")
     if hasattr(counts, "detach"):  # torch tensor
         import torch
 
-        t = torch.as_tensor(totals, dtype=counts.dtype, device=counts.device).reshape(-1, 1)
-        factor = torch.where(t > 0, scale / t.clamp_min(1e-12), torch.zeros_like(t))
+        t = torch.as_tensor(totals, dtype=counts.dtype, device=counts.device)
+        t = t.reshape(*counts.shape[:-1], 1)
+        factor = (scale / t.clamp_min(MIN_TOTAL)).masked_fill(t <= 0, 0.0)
         return torch.log1p(counts * factor)
-    totals = np.asarray(totals, dtype=np.float64).ravel()
-    factor = np.divide(scale, totals, out=np.zeros_like(totals), where=totals > 0)
+    if not sp.issparse(counts):
+        counts = np.asarray(counts, dtype=np.float64)
+    totals = np.asarray(totals, dtype=np.float64).reshape(counts.shape[:-1])
+    factor = np.asarray(scale / np.maximum(totals, MIN_TOTAL))  # a NaN total stays NaN
+    factor[totals <= 0] = 0.0
     if sp.issparse(counts):
         out = sp.csr_matrix(sp.diags(factor) @ sp.csr_matrix(counts, dtype=np.float64))
         out.data = np.log1p(out.data)
         return out.astype(np.float32)
-    c = np.asarray(counts, dtype=np.float64)
-    return np.log1p(c * factor[:, None]).astype(np.float32)
+    return np.log1p(counts * factor[..., None]).astype(np.float32)
 
 
 def normalize(

@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hexpress._files import write_file as _write_text
 from hexpress.errors import ConfigError, InputFileError, OutputExistsError
 
 __all__ = [
@@ -644,10 +645,3 @@ def _index_html(config, table, cross, fold_reports, out: Path) -> str:
         f"<h2>Results</h2>{_html_table(table)}{cross_html}"
         f"<h2>Fold reports</h2><ul>{links}</ul></body></html>"
     )
-
-
-def _write_text(path: Path, text: str) -> Path:
-    from hexpress.eval.report import _atomic_write
-
-    _atomic_write(path, text)
-    return path

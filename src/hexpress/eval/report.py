@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import platform
-import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hexpress._files import write_file as _atomic_write
 from hexpress.errors import ConfigError, OutputExistsError
 from hexpress.eval.metrics import AGGREGATIONS, SectionMetrics, aggregate, count_column
 
@@ -203,21 +203,6 @@ def machine_info() -> dict[str, str]:
 
 
 # -- writing ------------------------------------------------------------------------------------
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    # A temporary name beside the target, so the rename is atomic; created with open() so the
-    # file gets the usual permissions (umask), unlike tempfile's private 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

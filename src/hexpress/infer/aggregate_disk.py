@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import anndata as ad
@@ -35,6 +34,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from hexpress import _keys as K
+from hexpress._files import atomic_path
+from hexpress.data.preprocess import normalize_counts
 from hexpress.errors import ConfigError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
@@ -276,8 +277,7 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
         elif mode == "density":
             # as in training (models.aggregate.predict_units): a covered unit whose predicted
             # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN
-            total = np.maximum(sums[:, n_genes], 1e-12)
-            out = np.log1p(scale * sums[:, :n_genes] / total[:, None])
+            out = normalize_counts(sums[:, :n_genes], sums[:, n_genes], scale)
         else:
             raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
     out[covered <= 0] = np.nan
@@ -403,7 +403,6 @@ def aggregate_units(
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:
     """Write ``adata`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".partial")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
     return path

@@ -12,7 +12,6 @@ Slides run one after another, in ``workers`` processes, or split across ranks un
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from hexpress import _keys as K
+from hexpress._files import write_json
 from hexpress.errors import DataMismatchError, OutputExistsError
 from hexpress.infer.aggregate_disk import aggregate_units, write_h5ad_atomic
 from hexpress.infer.engine import ModelInfo, model_info, predict_slide
@@ -216,9 +216,7 @@ def predict_one(
         "seconds_total": round(time.perf_counter() - t0, 3),
         "options": {k: v for k, v in asdict(opts).items() if k not in ("progress", "extra")},
     }
-    tmp = out_dir / "summary.json.partial"
-    tmp.write_text(json.dumps(summary, indent=2, default=_jsonable))
-    os.replace(tmp, out_dir / "summary.json")
+    write_json(out_dir / "summary.json", summary, default=_jsonable)
     return summary
 
 

@@ -7,12 +7,13 @@ tissue was predicted, stay transparent), so a preview never loads the whole map.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from hexpress._files import write_figure
+from hexpress.data.preprocess import normalize_counts
 from hexpress.errors import DataMismatchError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.io.image import SlideImage
@@ -22,8 +23,7 @@ __all__ = ["map_thumbnail", "write_previews"]
 
 def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> np.ndarray:
     if mode == "density":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.log1p(scale * vals[..., idx] / vals[..., -1:])
+        return normalize_counts(vals[..., idx], vals[..., -1], scale)
     return vals[..., idx]
 
 
@@ -142,9 +142,7 @@ def write_previews(
         fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="predicted (normalised)")
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in gene)
         path = out_dir / f"preview_{safe}.png"
-        tmp = path.with_name(path.name + ".partial.png")
-        fig.savefig(tmp, bbox_inches="tight")
+        write_figure(path, fig, bbox_inches="tight")
         plt.close(fig)
-        os.replace(tmp, path)
         paths.append(path)
     return paths

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from hexpress import _keys as K
+from hexpress._files import atomic_path
 from hexpress.data.sample import Sample, make_units
 from hexpress.errors import ConfigError, FormatError, InputFileError, UnitsError
 from hexpress.io._tables import positive
@@ -275,7 +276,7 @@ def write_h5ad(
     Args:
         sample: a :class:`Sample`, or an ``AnnData`` with ``image`` (a
             :class:`~hexpress.io.SlideImage`) given.
-        path: output file; written to ``<path>.partial`` then renamed.
+        path: output file; written to a temporary file beside it, then renamed.
         library_id: default the sample id.
         image: the slide image when ``sample`` is an ``AnnData``.
         mpp: µm per level-0 pixel when ``image`` is an array rather than a ``SlideImage``.
@@ -329,9 +330,7 @@ def write_h5ad(
         if out.obs[col].dtype == object:
             out.obs[col] = out.obs[col].astype(str)
     out.obs = pd.DataFrame(out.obs)
-    tmp = path.with_name(path.name + ".partial")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out.write_h5ad(tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        out.write_h5ad(tmp)
     log.info("wrote %s (%d units, library %s)", path, out.n_obs, lib)
     return path

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hexpress._files import atomic_path
 from hexpress.errors import FormatError, InputFileError, UnitsError
 
 __all__ = [
@@ -477,9 +478,8 @@ def write_tiff(
             (max(1, w // 2), max(1, h // 2)), Image.Resampling.BOX
         )
         levels.append(np.asarray(smaller))
-    tmp = path.with_name(path.name + ".partial")
     res = 1e4 / mpp
-    with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tw:
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tw:
         kw = dict(
             photometric="rgb",
             tile=(tile, tile),
@@ -497,5 +497,4 @@ def write_tiff(
         for i, lv in enumerate(levels[1:], start=1):
             r = res / 2**i
             tw.write(lv, subfiletype=1, resolution=(r, r), metadata=None, **kw)
-    tmp.replace(path)
     return path

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from hexpress._files import atomic_path
 from hexpress.errors import FormatError, InputFileError
 
 __all__ = ["TenxMatrix", "read_10x_h5", "write_10x_h5"]
@@ -189,8 +190,7 @@ def write_10x_h5(
     def _bytes(values: Sequence[str]) -> np.ndarray:
         return np.array([v.encode() for v in values], dtype=f"S{max([1, *map(len, values)])}")
 
-    tmp = path.with_name(path.name + ".partial")
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["filetype"] = np.bytes_("matrix")
         f.attrs["version"] = np.int32(2)
         f.attrs["library_ids"] = np.array([library_id.encode()])
@@ -209,5 +209,4 @@ def write_10x_h5(
         feat.create_dataset("genome", data=_bytes([genome] * g))
         feat.create_dataset("id", data=_bytes(gene_ids))
         feat.create_dataset("name", data=_bytes(genes))
-    tmp.replace(path)
     return path

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from hexpress import _keys as K
+from hexpress.data.preprocess import normalize_counts
 from hexpress.errors import ConfigError, GeometryError, UnitsError
 
 __all__ = [
@@ -453,5 +454,5 @@ def predict_units(map_: torch.Tensor, weights, mode: str, scale: float | None = 
         raise ConfigError(
             f"density mode needs the targets' positive normalisation scale, got {scale!r}."
         )
-    genes, total = sums[:, :-1], sums[:, -1:]
-    return torch.log1p(float(scale) * genes / total.clamp_min(1e-12))
+    genes, total = sums[:, :-1], sums[:, -1]
+    return normalize_counts(genes, total, float(scale))

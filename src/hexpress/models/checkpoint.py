@@ -11,11 +11,8 @@ Loading never unpickles anything.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hexpress._files import atomic_path, sha256_file, write_json
 from hexpress.errors import CheckpointError, ConfigError
 
 __all__ = ["Checkpoint", "save_checkpoint", "load_checkpoint", "checkpoint_paths", "FORMAT"]
@@ -41,27 +39,6 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     if p.suffix in (".safetensors", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".safetensors"), p.with_name(p.name + ".json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(name: str, value: Any) -> Any:
@@ -184,18 +161,11 @@ def save_checkpoint(
         "config": _jsonable("config", config),
         "extra": _jsonable("extra", extra or {}),
     }
-    _atomic_write(
-        tensors_path,
-        lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT, "model_name": model_name}),
-    )
+    with atomic_path(tensors_path, fsync=True) as tmp:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "model_name": model_name})
     meta["tensors_file"] = tensors_path.name
-    meta["tensors_sha256"] = _sha256(tensors_path)
-
-    def write_json(tmp: str) -> None:
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-
-    _atomic_write(json_path, write_json)
+    meta["tensors_sha256"] = sha256_file(tensors_path)
+    write_json(json_path, meta, indent=1, fsync=True)
     log.info("checkpoint written: %s (+ %s)", json_path, tensors_path.name)
     return tensors_path, json_path
 
@@ -245,7 +215,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu") -> 
     meta = _read_meta(json_path)
     if not tensors_path.is_file():
         raise CheckpointError(f"{tensors_path} is missing; {json_path.name} describes it.")
-    if _sha256(tensors_path) != meta["tensors_sha256"]:
+    if sha256_file(tensors_path) != meta["tensors_sha256"]:
         raise CheckpointError(
             f"{tensors_path} does not match the hash recorded in {json_path.name}: it was "
             "modified or only half written (e.g. training was killed while saving). Use an "

@@ -12,17 +12,18 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from hexpress.data.preprocess import normalize_counts
 from hexpress.sim.render import E_REF, H_REF
 
 __all__ = ["morans_i", "spot_features", "feature_predictability", "log_normalize"]
 
 
 def log_normalize(counts, target: float = 1e4) -> np.ndarray:
-    """``log1p(counts / total * target)`` per spot, dense float64 ``(n, g)``."""
+    """:func:`hexpress.data.preprocess.normalize_counts` with each spot's total over the given
+    genes; dense float64 ``(n, g)``."""
     X = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts)
     X = X.astype(np.float64)
-    tot = X.sum(1, keepdims=True)
-    return np.log1p(X / np.maximum(tot, 1) * target)
+    return normalize_counts(X, X.sum(1), target).astype(np.float64)
 
 
 def morans_i(values: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:

@@ -13,7 +13,7 @@ Layout of ``write_all(slide, out)``::
     out/truth/                          per-cell table, counts, h5ad, gene_info.tsv, layout
     out/manifest.json                   what was written (last: its presence means complete)
 
-Every file is written to ``<name>.partial`` and renamed, so no file is ever half written; the
+Every file is written to a temporary file beside it and renamed (``hexpress._files``), so no file is ever half written; the
 manifest is written last. Full-resolution images in each folder are hard links to
 ``out/image.tif`` where the file system allows (copies otherwise).
 """
@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 from PIL import Image
 
+from hexpress._files import atomic_path, write_json
+from hexpress._files import write_file as _write_text
 from hexpress.errors import ConfigError, OutputExistsError
 from hexpress.io.image import write_tiff
 from hexpress.sim import binning as B
@@ -53,34 +55,16 @@ SECTION = "SIM1"
 PATIENT = "SIM"
 
 
-# -- atomic file helpers ----------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".partial")
-
-
-def _write_text(path: Path, text: str) -> Path:
-    tmp = _tmp(path)
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def _write_json(path: Path, obj) -> Path:
-    return _write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
+# -- atomic file helpers (every write goes through hexpress._files) ----------------------------
 def _write_parquet(path: Path, table: pa.Table) -> Path:
-    tmp = _tmp(path)
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 
 def _write_png(path: Path, array: np.ndarray) -> Path:
-    tmp = _tmp(path)
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
     return path
 
 
@@ -92,15 +76,11 @@ def _write_10x(path: Path, counts, barcodes, genes) -> Path:
 
 
 def _link(src: Path, dst: Path) -> Path:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(dst)
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
     return dst
 
 
@@ -161,9 +141,8 @@ def write_legacy_st(slide: SimulatedSlide, root: Path, image: Path) -> dict:
     sel = np.flatnonzero(selected)
     cnt = pd.DataFrame(counts[sel].toarray(), index=[ids[i] for i in sel], columns=slide.genes)
     cnt_path = root / "ST-cnts" / f"{SECTION}.tsv.gz"
-    tmp = _tmp(cnt_path)
-    cnt.to_csv(tmp, sep="\t", compression="gzip")
-    tmp.replace(cnt_path)
+    with atomic_path(cnt_path) as tmp:
+        cnt.to_csv(tmp, sep="\t", compression="gzip")
     spots = pd.DataFrame(
         {
             "x": grid.col,
@@ -262,7 +241,7 @@ def write_visium(slide: SimulatedSlide, root: Path, image: Path) -> dict:
                slide.genes)  # fmt: skip
     scalef = _spatial_images(slide, spatial, image)
     spot_px = B.VISIUM_DIAMETER_UM / slide.mpp
-    _write_json(
+    write_json(
         spatial / "scalefactors_json.json",
         {
             "spot_diameter_fullres": spot_px,
@@ -341,7 +320,7 @@ def write_visium_hd(
         bc_sel = pc.take(barcodes, pa.array(sel)).to_pylist()
         _write_10x(folder / "filtered_feature_bc_matrix.h5", counts, bc_sel, slide.genes)
         scalef = _spatial_images(slide, spatial, image)
-        _write_json(
+        write_json(
             spatial / "scalefactors_json.json",
             {
                 "spot_diameter_fullres": b / mpp,
@@ -445,7 +424,7 @@ def write_xenium(slide: SimulatedSlide, root: Path, image: Path) -> dict:
         root / "synthetic_he_imagealignment.csv",
         "\n".join(",".join(f"{v:.10g}" for v in row) for row in matrix) + "\n",
     )
-    _write_json(
+    write_json(
         root / "experiment.xenium",
         {
             "major_version": 5,
@@ -486,15 +465,12 @@ def write_truth(slide: SimulatedSlide, root: Path, image: Path) -> dict:
     for col in ("type", "domain"):
         cells[col] = cells[col].astype(str)
     _write_parquet(root / "cells.parquet", pa.Table.from_pandas(cells, preserve_index=False))
-    tmp = _tmp(root / "cell_counts.npz")
-    with open(tmp, "wb") as f:
+    with atomic_path(root / "cell_counts.npz") as tmp, open(tmp, "wb") as f:
         sp.save_npz(f, slide.cell_counts.tocsr())
-    tmp.replace(root / "cell_counts.npz")
     gi = slide.gene_info.copy()
     _write_text(root / "gene_info.tsv", gi.to_csv(sep="\t"))
     t = slide.tissue
-    tmp = _tmp(root / "layout.npz")
-    with open(tmp, "wb") as f:
+    with atomic_path(root / "layout.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
             f,
             step_um=np.float64(t.step_um),
@@ -504,7 +480,6 @@ def write_truth(slide: SimulatedSlide, root: Path, image: Path) -> dict:
             hidden=t.hidden,
             vessels=t.vessels,
         )
-    tmp.replace(root / "layout.npz")
     adata = make_units(
         slide.cell_counts,
         genes=slide.genes,
@@ -525,10 +500,9 @@ def write_truth(slide: SimulatedSlide, root: Path, image: Path) -> dict:
         "image_size": [slide.width, slide.height],
         "config": json.dumps(slide.config.to_dict()),
     }
-    tmp = _tmp(root / "cells.h5ad")
-    adata.write_h5ad(tmp)
-    tmp.replace(root / "cells.h5ad")
-    _write_json(root / "config.json", slide.config.to_dict())
+    with atomic_path(root / "cells.h5ad") as tmp:
+        adata.write_h5ad(tmp)
+    write_json(root / "config.json", slide.config.to_dict())
     kinds = slide.gene_info["kind"].value_counts().to_dict()
     return {
         "technology": "synthetic",
@@ -641,5 +615,5 @@ def write_all(
         "config": slide.config.to_dict(),
         "complete": True,
     }
-    _write_json(out / "manifest.json", manifest)
+    write_json(out / "manifest.json", manifest)
     return manifest

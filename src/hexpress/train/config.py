@@ -604,11 +604,6 @@ def load_config(
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write the resolved config as YAML (atomically)."""
-    import os
+    from hexpress._files import write_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_file(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))

@@ -25,13 +25,11 @@ uninterrupted one.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,6 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hexpress._files import atomic_path
+from hexpress._files import sha256_file as _sha256
+from hexpress._files import write_file as _atomic_text
 from hexpress.data.sample import Sample
 from hexpress.errors import CheckpointError, ConfigError, OutputExistsError
 from hexpress.train.config import TrainConfig, config_to_dict, save_config
@@ -140,21 +141,6 @@ def _identity(x):
     return x
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
@@ -216,14 +202,8 @@ def _save_state(out: Path, model: nn.Module, opt: torch.optim.Optimizer, step: i
     np_state = np.random.get_state()  # noqa: NPY002
     tensors["rng.numpy"] = torch.from_numpy(np.asarray(np_state[1], dtype=np.int64))
     py_state = random.getstate()
-    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=out)
-    os.close(fd)
-    try:
+    with atomic_path(out / f"{STATE}.safetensors") as tmp:
         save_file(tensors, tmp)
-        os.replace(tmp, out / f"{STATE}.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     meta = {
         "format": "hexpress-train-state",
         "step": int(step),
