@@ -55,14 +55,21 @@ def make_visium(
     genes = [f"Gene{j}" for j in range(g)]
     counts = rng.poisson(5, size=(total, g)).astype(np.int64)
     W, H = fullres
-    xy = np.stack([rng.uniform(200, W - 200, total), rng.uniform(200, H - 200, total)], axis=1)
+    # the Visium lattice: array_col steps 2 per spot (50 µm), rows 50 * sqrt(3) µm apart, and
+    # array_row + array_col even; Space Ranger 1.x writes whole pixels
+    array_row = np.arange(total) // 8
+    array_col = 2 * (np.arange(total) % 8) + array_row % 2
+    xy = np.stack(
+        [300 + array_col * 50 / mpp_fullres, 250 + array_row * 50 * np.sqrt(3) / mpp_fullres], 1
+    )
     xy = np.round(xy)
+    assert xy[:, 0].max() < W and xy[:, 1].max() < H
     pos = pd.DataFrame(
         {
             "barcode": barcodes,
             "in_tissue": [1] * n + [0] * off_tissue,
-            "array_row": np.arange(total) // 8,
-            "array_col": np.arange(total) % 8,
+            "array_row": array_row,
+            "array_col": array_col,
             "pxl_row_in_fullres": xy[:, 1].astype(int),
             "pxl_col_in_fullres": xy[:, 0].astype(int),
         }
@@ -71,10 +78,10 @@ def make_visium(
         pos.to_csv(outs / "spatial" / "tissue_positions_list.csv", header=False, index=False)
     else:
         pos.to_csv(outs / "spatial" / "tissue_positions.csv", index=False)
-    sf = {
-        "spot_diameter_fullres": 55.0 / mpp_fullres,
+    sf = {  # spot_diameter_fullres spans a theoretical 65 µm spot (Space Ranger docs)
+        "spot_diameter_fullres": 65.0 / mpp_fullres,
         "tissue_hires_scalef": hires_scalef,
-        "fiducial_diameter_fullres": 89.0 / mpp_fullres,
+        "fiducial_diameter_fullres": 65.0 * 1.6154 / mpp_fullres,
         "tissue_lowres_scalef": hires_scalef * 0.3,
     }
     (outs / "spatial" / "scalefactors_json.json").write_text(json.dumps(sf))

@@ -19,7 +19,8 @@ def test_write_read_roundtrip_keeps_scanpy_layout(visium_v2, tmp_path):
     assert hires.dtype == np.uint8 and hires.shape[2] == 3 and max(hires.shape[:2]) <= 2000
     sf = lib["scalefactors"]
     assert sf["tissue_hires_scalef"] == pytest.approx(hires.shape[1] / s.image.width)
-    assert sf["spot_diameter_fullres"] == pytest.approx(55 / s.image.mpp)
+    # Space Ranger's meaning: the pixels spanning a theoretical 65 µm spot (55 µm capture spots)
+    assert sf["spot_diameter_fullres"] == pytest.approx(65 / s.image.mpp)
     np.testing.assert_allclose(raw.obsm["spatial"], s.adata.obsm["spatial"])
     assert raw.uns["hexpress"]["mpp_fullres"] == pytest.approx(s.image.mpp)
 
@@ -37,17 +38,34 @@ def test_write_read_roundtrip_keeps_scanpy_layout(visium_v2, tmp_path):
     write_h5ad(back, tmp_path / "again.h5ad")
 
 
-def test_scanpy_style_file_needs_mpp(visium_v2, tmp_path):
-    s = read_visium(visium_v2.root)
+def _scanpy_style(s, tmp_path, *, keep_array=True):
+    """What ``sc.read_visium`` leaves: no hexpress keys; array_row / array_col in obs."""
     path = write_h5ad(s, tmp_path / "s.h5ad")
     a = ad.read_h5ad(path)
     del a.uns["hexpress"]
     del a.obs["size_um"], a.obs["geometry"]
+    if not keep_array:
+        del a.obs["array_row"], a.obs["array_col"]
     a.write_h5ad(tmp_path / "plain.h5ad")
-    with pytest.raises(UnitsError, match=r"Pass mpp=.*55 /"):
-        read_h5ad(tmp_path / "plain.h5ad")
-    b = read_h5ad(tmp_path / "plain.h5ad", mpp=s.image.mpp)
-    assert b.adata.obs["size_um"].iloc[0] == pytest.approx(55.0)
+    return tmp_path / "plain.h5ad"
+
+
+def test_scanpy_style_file_has_55_um_spots_and_the_pitch_mpp(visium_v2, tmp_path):
+    s = read_visium(visium_v2.root, image="lowres")
+    b = read_h5ad(_scanpy_style(s, tmp_path))
+    # spot_diameter_fullres spans 65 µm: the spots are 55 µm, not diameter x mpp = 65 µm
+    assert (b.adata.obs["size_um"] == 55.0).all()
+    assert b.technology == "visium"
+    assert b.meta["mpp_fullres"] == pytest.approx(s.image.mpp, rel=1e-3)
+
+
+def test_scanpy_style_file_without_lattice_needs_mpp_with_the_65_um_hint(visium_v2, tmp_path):
+    s = read_visium(visium_v2.root)
+    path = _scanpy_style(s, tmp_path, keep_array=False)
+    with pytest.raises(UnitsError, match=r"Pass mpp=.*65 / .*\(not 55 /"):
+        read_h5ad(path)
+    b = read_h5ad(path, mpp=s.image.mpp)
+    assert b.image.mpp == pytest.approx(s.image.mpp / b.meta["image_scale_from_fullres"])
 
 
 def test_several_libraries_need_a_choice(visium_v2, tmp_path):
@@ -56,7 +74,7 @@ def test_several_libraries_need_a_choice(visium_v2, tmp_path):
     a = ad.read_h5ad(path)
     a.uns["spatial"]["other"] = a.uns["spatial"]["run1"]
     a.write_h5ad(tmp_path / "two.h5ad")
-    with pytest.raises(ConfigError, match="several libraries"):
+    with pytest.raises(ConfigError, match="holds 2 libraries .*other, run1"):
         read_h5ad(tmp_path / "two.h5ad")
     assert read_h5ad(tmp_path / "two.h5ad", library_id="other").n_units == s.n_units
 

@@ -31,9 +31,11 @@ def test_v2_roundtrip_on_hires(visium_v2):
     s = read_visium(visium_v2.root, sample_id="S", patient_id="P")
     _assert_matches(s, visium_v2, 0.25)
     assert s.technology == "visium" and (s.sample_id, s.patient_id) == ("S", "P")
-    # mpp derived from the 55 µm spot: 55 / (55 / 0.5) = 0.5 µm per full-res px, /0.25 for hires
-    assert s.meta["mpp_fullres"] == pytest.approx(0.5)
-    assert s.image.mpp == pytest.approx(2.0)
+    # mpp measured from the 100 µm spot pitch (positions in whole px): 0.5 µm per full-res px,
+    # / 0.25 for hires; never 55 / spot_diameter_fullres (that would be 0.423)
+    assert s.meta["mpp_fullres"] == pytest.approx(0.5, rel=1e-3)
+    assert s.meta["mpp_source"].startswith("the 100 µm Visium spot pitch")
+    assert s.image.mpp == pytest.approx(2.0, rel=1e-3)
     assert s.meta["image_kind"] == "hires"
     assert list(s.adata.var["gene_ids"])[:2] == ["ENSG00000", "ENSG00001"]
 
@@ -63,7 +65,7 @@ def test_fullres_tiff_with_given_mpp_is_read_lazily(tmp_path, visium_v2, monkeyp
     s = read_visium(visium_v2.root, image=path)
     assert isinstance(s.image, TiffImage)
     _assert_matches(s, visium_v2, 1.0)
-    assert s.image.mpp == 0.5 and s.meta["mpp_source"].startswith("Visium spot")
+    assert s.image.mpp == 0.5 and s.meta["mpp_source"] == "metadata of full.tif"
     assert s.summary()["image_width_px"] == 4000
 
 
@@ -100,9 +102,20 @@ def test_unreadable_image(visium_v2):
         read_visium(visium_v2.root, image="hires")
 
 
-def test_no_scale_factors_means_no_mpp(visium_v2):
+def test_no_spot_diameter_still_has_the_pitch(visium_v2):
     sf = visium_v2.root / "spatial" / "scalefactors_json.json"
     sf.write_text(json.dumps({"tissue_hires_scalef": 0.25}))
+    s = read_visium(visium_v2.root)
+    assert s.meta["mpp_fullres"] == pytest.approx(0.5, rel=1e-3)
+
+
+def test_no_pitch_and_no_scale_factors_means_no_mpp(visium_v2):
+    sf = visium_v2.root / "spatial" / "scalefactors_json.json"
+    sf.write_text(json.dumps({"tissue_hires_scalef": 0.25}))
+    pos = visium_v2.root / "spatial" / "tissue_positions.csv"
+    df = pd.read_csv(pos)
+    df["array_row"] = 0  # all spots on one line: the lattice fit is undetermined
+    df.to_csv(pos, index=False)
     with pytest.raises(UnitsError, match="mpp=... in Python or --mpp"):
         read_visium(visium_v2.root)
     s = read_visium(visium_v2.root, mpp=0.5)  # the user's value makes it readable
@@ -171,9 +184,13 @@ def test_real_space_ranger_fixtures(visium_fixtures_dir):
     heart = read_visium(visium_fixtures_dir / "spaceranger_1.0_human_heart")
     assert heart.n_units == 100 and heart.adata.n_vars == 100
     assert heart.meta["image_kind"] == "lowres"  # its hires PNG is blank
-    assert heart.meta["mpp_fullres"] == pytest.approx(55 / 89.42751063343188)
+    # the 100 µm pitch, and 65 µm over spot_diameter_fullres, both give 0.7268 µm/px
+    assert heart.meta["mpp_fullres"] == pytest.approx(65 / 89.42751063343188, rel=0.01)
+    assert heart.image.mpp == pytest.approx(16.15, rel=0.01)  # the lowres PNG
     brain = read_visium(visium_fixtures_dir / "spaceranger_mtx_mouse_brain")
     assert brain.n_units == 22 and brain.adata.n_vars == 50  # in-tissue of 50 raw barcodes
+    assert brain.meta["mpp_fullres"] == pytest.approx(65 / 89.44476048022638, rel=0.01)
+    assert brain.image.mpp == pytest.approx(14.24, rel=0.01)
     for s in (heart, brain):
         xy = s.adata.obsm["spatial"]
         assert (xy >= 0).all() and (xy[:, 0] < s.image.width).all()

@@ -40,8 +40,8 @@ def test_mpp_from_bin_size_without_microns_per_pixel(visium_hd):
     del d["microns_per_pixel"]
     sf.write_text(json.dumps(d))
     s = read_visium_hd(visium_hd.root)
-    assert s.meta["mpp_fullres"] == pytest.approx(0.25)  # 8 µm / 32 px
-    assert "bin side" in s.meta["mpp_source"]
+    assert s.meta["mpp_fullres"] == pytest.approx(0.25)  # the 8 µm bin pitch over 32 px
+    assert "8 µm bin pitch" in s.meta["mpp_source"]
 
 
 def test_missing_positions(visium_hd):

@@ -35,7 +35,7 @@ def test_cells(xenium):
     np.testing.assert_allclose(a.obs["size_um"], [10.0, 8.0, 12.0])  # area-equivalent diameters
     assert (a.obs["geometry"] == "disc").all()
     assert s.image.mpp == pytest.approx(0.5)  # from the alignment's scale x pixel size
-    assert s.meta["mpp_source"].startswith("alignment")
+    assert s.meta["mpp_source"].startswith("the alignment")
 
 
 def test_squares_filter_controls_and_low_quality(xenium):
@@ -111,7 +111,7 @@ def test_errors(xenium, tmp_path):
     (tmp_path / "m.csv").write_text("1,0\n0,1\n")
     with pytest.raises(FormatError, match="3 x 3 affine"):
         read_alignment(tmp_path / "m.csv")
-    with pytest.raises(InputFileError, match="Alignment matrix not found"):
+    with pytest.raises(InputFileError, match="Alignment file not found"):
         read_alignment(tmp_path / "none.csv")
 
 

@@ -16,6 +16,7 @@ from hexpress.errors import (
     InputFileError,
     UnitsError,
 )
+from hexpress.io._pixel_size import Estimate, image_file_mpp, mpp_from_lattice, resolve_mpp
 from hexpress.io._tables import is_blank, positive
 from hexpress.io.image import SlideImage, open_image
 from hexpress.io.tenx_h5 import TenxMatrix
@@ -136,6 +137,63 @@ class ChosenImage:
     mpp_source: str
 
 
+@dataclass(frozen=True)
+class Lattice:
+    """How a Space Ranger product lays its units out, for the pixel-size estimates.
+
+    Attributes:
+        kind: ``"hex"`` (Visium spots) or ``"square"`` (Visium HD bins).
+        pitch_um: centre-to-centre distance of neighbouring units (100 µm; the bin side).
+        scalefactor_um: the physical size ``spot_diameter_fullres`` spans (65 µm for Visium,
+            the bin side for Visium HD).
+        name: e.g. ``"Visium spot"``, for messages.
+    """
+
+    kind: str
+    pitch_um: float
+    scalefactor_um: float
+    name: str
+
+
+def fullres_mpp_estimates(
+    positions: pd.DataFrame, scalefactors: dict, scalefactors_path: Path, lattice: Lattice
+) -> dict:
+    """The ``pitch`` and ``scalefactors`` estimates of the full-resolution pixel size.
+
+    Returns:
+        ``{"pitch": [Estimate, ...], "scalefactors": [Estimate, ...]}`` for
+        :func:`~hexpress.io._pixel_size.resolve_mpp`.
+    """
+    name = scalefactors_path.name
+    pitch: list[Estimate] = []
+    sf_mpp = positive(scalefactors.get("microns_per_pixel"), "microns_per_pixel", scalefactors_path)
+    if sf_mpp is not None:
+        pitch.append(Estimate(sf_mpp, f"microns_per_pixel in {name}"))
+    fit = mpp_from_lattice(
+        positions[["array_row", "array_col"]].to_numpy(dtype=float),
+        positions[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float),
+        lattice=lattice.kind,
+        pitch_um=lattice.pitch_um,
+    )
+    if fit is not None:
+        pitch.append(
+            Estimate(fit, f"the {lattice.pitch_um:g} µm {lattice.name} pitch in full-resolution px")
+        )
+    scale: list[Estimate] = []
+    diam_px = positive(
+        scalefactors.get("spot_diameter_fullres"), "spot_diameter_fullres", scalefactors_path
+    )
+    if diam_px is not None:
+        scale.append(
+            Estimate(
+                lattice.scalefactor_um / diam_px,
+                f"spot_diameter_fullres = {diam_px:.5g} px spanning {lattice.scalefactor_um:g} µm "
+                f"in {name}",
+            )
+        )
+    return {"pitch": pitch, "scalefactors": scale}
+
+
 def resolve_image(
     image: str | Path | None,
     *,
@@ -143,8 +201,8 @@ def resolve_image(
     scalefactors: dict,
     scalefactors_path: Path,
     image_dirs: list[Path],
-    unit_um: float,
-    unit_name: str,
+    positions: pd.DataFrame,
+    lattice: Lattice,
 ) -> ChosenImage:
     """Pick the image, its mpp and the factor from full-resolution pixels to its pixels.
 
@@ -152,43 +210,30 @@ def resolve_image(
     ``"lowres"``, or ``None``: the hires PNG unless it is missing or blank (a single colour, as
     some Space Ranger outputs ship), then the lowres PNG.
 
-    ``mpp`` of the full-resolution image: given, else ``microns_per_pixel`` from the scale
-    factors (Visium HD), else ``unit_um / spot_diameter_fullres`` (the physical spot or bin size
-    over its size in full-resolution pixels).
+    The full-resolution mpp follows :func:`~hexpress.io._pixel_size.resolve_mpp`: ``mpp`` given,
+    else the full-resolution image file's own metadata, else the lattice pitch (and
+    ``microns_per_pixel`` for Visium HD), else ``spot_diameter_fullres``.
     """
-    sf_mpp = positive(scalefactors.get("microns_per_pixel"), "microns_per_pixel", scalefactors_path)
-    diam_px = positive(
-        scalefactors.get("spot_diameter_fullres"), "spot_diameter_fullres", scalefactors_path
-    )
-    if mpp is not None:
-        mpp_full, source = positive(mpp, "mpp", "mpp argument"), "given"
-    elif sf_mpp is not None:
-        mpp_full, source = sf_mpp, f"microns_per_pixel in {scalefactors_path.name}"
-    elif diam_px is not None:
-        mpp_full = unit_um / diam_px
-        source = (
-            f"{unit_name} of {unit_um:g} µm over spot_diameter_fullres = {diam_px:.4g} px in "
-            f"{scalefactors_path.name}"
-        )
-        log.info("full-resolution mpp %.4f µm/px derived from the %s", mpp_full, source)
-    else:
-        mpp_full, source = None, None
-
-    def _need_mpp():
-        raise UnitsError(
-            f"{scalefactors_path} has neither microns_per_pixel nor spot_diameter_fullres, so the "
-            "pixel size is unknown. Pass the µm per pixel of the full-resolution image: mpp=... "
-            "in Python or --mpp on the command line."
-        )
-
-    if image is not None and str(image) not in IMAGE_FILES:
+    estimates = fullres_mpp_estimates(positions, scalefactors, scalefactors_path, lattice)
+    fullres = image is not None and str(image) not in IMAGE_FILES
+    metadata = None
+    if fullres:
         path = Path(image)
-        if mpp_full is None:
-            slide = open_image(path)  # the file may know its pixel size
-            mpp_full, source = slide.mpp, f"metadata of {path.name}"
-        else:
-            slide = open_image(path, mpp=mpp_full)
-        return ChosenImage(slide, "fullres", 1.0, mpp_full, source)
+        file_mpp = image_file_mpp(path)
+        if file_mpp is not None:
+            metadata = Estimate(file_mpp, f"metadata of {path.name}")
+    chosen_mpp = resolve_mpp(
+        str(scalefactors_path.parent.parent), given=mpp, metadata=metadata, **estimates
+    )
+
+    if fullres:
+        if chosen_mpp is None:
+            raise UnitsError(
+                f"{path} states no pixel size and {scalefactors_path} gives none either. Pass the "
+                "µm per pixel of the full-resolution image: mpp=... in Python or --mpp."
+            )
+        slide = open_image(path, mpp=chosen_mpp.mpp)
+        return ChosenImage(slide, "fullres", 1.0, chosen_mpp.mpp, chosen_mpp.source)
 
     kinds = [str(image)] if image is not None else ["hires", "lowres"]
     tried = []
@@ -210,10 +255,15 @@ def resolve_image(
                 f"on {path.name}. Pass the full-resolution image (image=... / --image) and its "
                 "mpp instead."
             )
-        if mpp_full is None:
-            _need_mpp()
-        slide = open_image(path, mpp=mpp_full / scalef)
-        return ChosenImage(slide, kind, scalef, mpp_full, source)
+        if chosen_mpp is None:
+            raise UnitsError(
+                f"The pixel size of {scalefactors_path.parent.parent} is unknown: no "
+                "microns_per_pixel or spot_diameter_fullres in the scale factors and too few "
+                "spots to measure the lattice pitch. Pass the µm per pixel of the full-resolution "
+                "image: mpp=... in Python or --mpp on the command line."
+            )
+        slide = open_image(path, mpp=chosen_mpp.mpp / scalef)
+        return ChosenImage(slide, kind, scalef, chosen_mpp.mpp, chosen_mpp.source)
     dirs = ", ".join(str(d) for d in image_dirs)
     raise InputFileError(
         f"No usable image: tried {', '.join(tried)} in {dirs}. Pass the full-resolution H&E "
@@ -221,14 +271,23 @@ def resolve_image(
     )
 
 
-def spaceranger_units(pos_path: Path, mtx_path: Path, chosen, *, geometry: str, size_um: float):
+def spaceranger_units(
+    positions: pd.DataFrame,
+    pos_path: Path,
+    mtx_path: Path,
+    chosen,
+    *,
+    geometry: str,
+    size_um: float,
+):
     """The units of a Space Ranger matrix at their positions on the chosen image.
 
-    Reads the positions and the gene-expression part of the feature-barcode matrix, matches
+    Reads the gene-expression part of the feature-barcode matrix, matches its
     barcodes (see :func:`match_counts_to_positions`) and builds the units' AnnData with
     ``in_tissue``, ``array_row`` and ``array_col`` in ``obs`` and ``var["gene_ids"]``.
 
     Args:
+        positions: the positions file as :func:`read_positions` returns it.
         pos_path, mtx_path: positions file and matrix (``.h5`` or Matrix Market folder).
         chosen: the image :func:`resolve_image` chose (its ``scale`` from full-resolution px).
         geometry: ``disc`` (Visium spots) or ``square`` (Visium HD bins).
@@ -241,7 +300,6 @@ def spaceranger_units(pos_path: Path, mtx_path: Path, chosen, *, geometry: str, 
     from hexpress.data.sample import make_units
     from hexpress.io._tables import gene_expression_only, read_feature_matrix
 
-    positions = read_positions(pos_path)
     tenx = gene_expression_only(read_feature_matrix(mtx_path), mtx_path)
     tenx, pos, stats = match_counts_to_positions(tenx, positions, mtx_path, pos_path)
     centers = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float) * chosen.scale

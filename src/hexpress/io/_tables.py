@@ -29,22 +29,44 @@ def require_dir(path: str | Path, what: str, layout: str) -> Path:
 
 
 def find_file(folder: Path, candidates: Sequence[str], what: str, layout: str) -> Path:
-    """The first of ``candidates`` (relative to ``folder``) that exists, else a clear error."""
-    for name in candidates:
-        p = folder / name
-        if p.exists():
-            return p
+    """The first of ``candidates`` (relative to ``folder``) that exists, else a clear error.
+
+    10x downloads prefix file names with the sample name (``<sample>_filtered_feature_bc_matrix.h5``,
+    ``<sample>_tissue_positions.csv``): such a name is found too (see :func:`first_existing`).
+    """
+    found = first_existing(folder, candidates)
+    if found is not None:
+        return found
     raise InputFileError(
-        f"{what} not found in {folder}: expected one of {', '.join(candidates)}. "
-        f"Expected layout:\n{layout}"
+        f"{what} not found in {folder}: expected one of {', '.join(candidates)} (optionally "
+        f"prefixed with the sample name and '_'). Expected layout:\n{layout}"
     )
 
 
 def first_existing(folder: Path, candidates: Sequence[str]) -> Path | None:
+    """The first of ``candidates`` that exists under ``folder``, each tried as named and then
+    sample-prefixed (``<sample>_<name>`` in the candidate's folder or in ``folder`` itself, when
+    exactly one file has that name); ``None`` when none exists.
+
+    Raises:
+        InputFileError: several sample-prefixed files match one candidate.
+    """
     for name in candidates:
         p = folder / name
         if p.exists():
             return p
+        rel = Path(name)
+        places = {folder / rel.parent, folder}
+        matches = sorted({m for d in places if d.is_dir() for m in d.glob(f"*_{rel.name}")})
+        if len(matches) == 1:
+            log.info("using %s for %s", matches[0], name)
+            return matches[0]
+        if len(matches) > 1:
+            raise InputFileError(
+                f"{folder}: several files match {name} with a sample prefix: "
+                f"{', '.join(m.name for m in matches)}. Keep one sample per folder or name the "
+                "file explicitly."
+            )
     return None
 
 
@@ -130,6 +152,13 @@ def gene_expression_only(m: TenxMatrix, source: Path) -> TenxMatrix:
         log.info("%s: dropped %d non-gene features (%s)", source, int((~keep).sum()), dropped)
         m = m.select_features(keep)
     return m
+
+
+def polygon_area(vertices: np.ndarray) -> float:
+    """Area of a simple polygon, ``(k, 2)`` vertices in any order of winding (shoelace)."""
+    v = np.asarray(vertices, dtype=np.float64)
+    x, y = v[:, 0], v[:, 1]
+    return float(0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
 
 
 def is_blank(path: Path) -> bool:

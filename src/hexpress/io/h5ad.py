@@ -29,15 +29,28 @@ from hexpress import _keys as K
 from hexpress._files import atomic_path
 from hexpress.data.sample import Sample, make_units
 from hexpress.errors import ConfigError, FormatError, InputFileError, UnitsError
+from hexpress.io._pixel_size import VISIUM_SCALEFACTOR_SPOT_UM
 from hexpress.io._tables import positive
+from hexpress.io.visium import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM
 from hexpress.io.image import ArrayImage, open_image
 
-__all__ = ["read_h5ad", "write_h5ad", "spatial_uns", "HIRES_MAX_SIDE", "LOWRES_MAX_SIDE"]
+__all__ = [
+    "read_h5ad",
+    "read_h5ad_libraries",
+    "libraries",
+    "write_h5ad",
+    "spatial_uns",
+    "HIRES_MAX_SIDE",
+    "LOWRES_MAX_SIDE",
+]
 
 log = logging.getLogger(__name__)
 
 HIRES_MAX_SIDE = 2000  # Space Ranger's tissue_hires_image.png
 LOWRES_MAX_SIDE = 600  # Space Ranger's tissue_lowres_image.png
+LIBRARY_KEY = "library_id"  # scanpy's concat(..., label="library_id") of several slides
+# unit centres in obs columns, x then y (HEST: pxl_col/row_in_fullres; DeepSpot: x/y_pixel)
+POSITION_COLUMNS = (("pxl_col_in_fullres", "pxl_row_in_fullres"), ("x_pixel", "y_pixel"))
 
 
 def _plain(value):
@@ -56,21 +69,119 @@ def _plain(value):
     return value
 
 
-def _pick_library(adata: ad.AnnData, library_id: str | None, path: Path) -> str | None:
+def libraries(adata: ad.AnnData) -> list[str]:
+    """Library ids of an AnnData: ``obs["library_id"]`` values, else ``uns["spatial"]`` keys."""
+    if LIBRARY_KEY in adata.obs:
+        return [str(v) for v in pd.unique(adata.obs[LIBRARY_KEY].astype(str))]
     spatial = adata.uns.get(K.SPATIAL, {})
-    libs = list(spatial.keys()) if isinstance(spatial, dict) else []
+    return [str(k) for k in spatial.keys()] if isinstance(spatial, dict) else []
+
+
+def _pick_library(adata: ad.AnnData, library_id: str | None, path: Path) -> str | None:
+    libs = libraries(adata)
     if library_id is not None:
-        if library_id not in libs:
+        if str(library_id) not in libs:
             raise ConfigError(
-                f"{path}: library_id {library_id!r} not in uns['spatial'] (present: {libs})."
+                f"{path}: library {library_id!r} is not in the file; libraries present: "
+                f"{', '.join(libs) or 'none'}."
             )
-        return library_id
+        return str(library_id)
     if len(libs) > 1:
+        if LIBRARY_KEY in adata.obs:
+            n = adata.obs[LIBRARY_KEY].astype(str).value_counts()
+            listing = ", ".join(f"{lib} ({int(n[lib])} spots)" for lib in libs)
+        else:
+            listing = ", ".join(libs)
         raise ConfigError(
-            f"{path} holds several libraries in uns['spatial']: {libs}. Choose one with "
-            "library_id=... (--section)."
+            f"{path} holds {len(libs)} libraries (one slide each): {listing}. Choose one with "
+            "library_id=... (--library), or read each with read_h5ad_libraries()."
         )
     return libs[0] if libs else None
+
+
+def _count_matrix(adata: ad.AnnData, layer: str | None, path: Path):
+    """The raw counts of ``adata``: ``layer``, else ``layers["counts"]``, else ``X``; refuses a
+    matrix of non-integer values (normalised / log-transformed), naming where counts may be."""
+    if layer is not None:
+        if layer not in adata.layers:
+            raise ConfigError(
+                f"{path}: no layer {layer!r}; layers present: {list(adata.layers) or 'none'}."
+            )
+        X, where = adata.layers[layer], f"layers[{layer!r}]"
+    elif K.COUNTS in adata.layers:
+        X, where = adata.layers[K.COUNTS], f"layers[{K.COUNTS!r}]"
+    else:
+        X, where = adata.X, "X"
+    if X is None:
+        raise FormatError(f"{path} has no expression matrix in X.")
+    bad = _first_non_count(X)
+    if bad is not None:
+        raw_ok = adata.raw is not None and _first_non_count(adata.raw.X) is None
+        hint = (
+            " adata.raw holds whole counts: write them to a layer (adata.layers['counts'] = "
+            "adata.raw[:, adata.var_names].X) and read again."
+            if raw_ok
+            else ""
+        )
+        raise FormatError(
+            f"{path}: {where} holds {bad:g}, not a whole non-negative count: it looks normalised "
+            "or log-transformed (scanpy normalize_total / log1p). hexpress needs raw counts: "
+            f"name a layer of raw counts with layer=... (--layer); layers present: "
+            f"{list(adata.layers) or 'none'}.{hint}"
+        )
+    return X
+
+
+def _first_non_count(X, limit: int = 1_000_000) -> float | None:
+    """A value of ``X`` (its first ``limit`` stored values) that is not a whole count, or None."""
+    data = X.data if hasattr(X, "data") and not isinstance(X, np.ndarray) else np.asarray(X)
+    data = np.asarray(data).ravel()[:limit]
+    if not data.size:
+        return None
+    bad = ~np.isfinite(data) | (data < 0) | (np.abs(data - np.round(data)) > 1e-6)
+    return float(data[np.argmax(bad)]) if bad.any() else None
+
+
+def _positions(adata: ad.AnnData, path: Path) -> tuple[np.ndarray, str]:
+    """Unit centres, x then y: ``obsm["spatial"]``, else ``obs`` columns (HEST / DeepSpot)."""
+    if K.SPATIAL in adata.obsm:
+        return np.asarray(adata.obsm[K.SPATIAL], dtype=float)[:, :2], "obsm['spatial']"
+    for cx, cy in POSITION_COLUMNS:
+        if cx in adata.obs and cy in adata.obs:
+            xy = adata.obs[[cx, cy]].to_numpy(dtype=float)
+            return xy, f"obs[{cx!r}], obs[{cy!r}]"
+    raise FormatError(
+        f"{path} has no unit positions: neither obsm['spatial'] nor obs columns "
+        f"{' / '.join(f'{a}, {b}' for a, b in POSITION_COLUMNS)}; it is not a spatial AnnData."
+    )
+
+
+def _visium_like(adata: ad.AnnData) -> bool:
+    """Spots on the Visium lattice: ``array_row + array_col`` even for every spot."""
+    if not {"array_row", "array_col"} <= set(adata.obs.columns) or adata.n_obs < 3:
+        return False
+    rc = adata.obs[["array_row", "array_col"]].to_numpy(dtype=float)
+    return bool(np.all(np.isfinite(rc)) and np.all(rc.sum(1) % 2 == 0))
+
+
+def _sidecar(path: Path) -> tuple[dict, Path | None]:
+    """HEST-style ``<stem>.json`` next to the file (``cell_diameter`` / ``spot_diameter`` µm)."""
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return {}, None
+    from hexpress.io._tables import read_json
+
+    return read_json(side), side
+
+
+def _sibling_image(path: Path) -> Path | None:
+    from hexpress.io.image import IMAGE_SUFFIXES
+
+    for suffix in IMAGE_SUFFIXES:
+        cand = path.with_name(path.stem + suffix)
+        if cand.is_file():
+            return cand
+    return None
 
 
 def read_h5ad(
@@ -85,22 +196,33 @@ def read_h5ad(
 ) -> Sample:
     """Read an ``.h5ad`` with scanpy's spatial convention into a :class:`Sample`.
 
+    Also reads hexpress's own outputs (predictions: normalised values, kept as they are, with
+    ``Sample.meta["normalization"]``) and HEST-style files (positions in ``obs`` columns of a
+    sibling image's pixels, unit size in a sibling ``<stem>.json``).
+
     Args:
         path: the ``.h5ad`` file.
-        image: the full-resolution image ``obsm["spatial"]`` refers to. Default: the ``hires``
-            (else ``lowres``) image stored in ``uns["spatial"][library_id]["images"]``, with
-            positions scaled by its scale factor.
-        mpp: µm per full-resolution pixel; default ``uns["hexpress"]["mpp_fullres"]`` (files
-            written by :func:`write_h5ad`), else the image file's own value.
-        library_id: key of ``uns["spatial"]``; needed when there are several.
+        image: the full-resolution image the positions refer to. Default: the ``hires`` (else
+            ``lowres``) image in ``uns["spatial"][library_id]["images"]`` with positions scaled
+            by its scale factor, else an image file with the same stem next to ``path``.
+        mpp: µm per full-resolution pixel; default (:mod:`hexpress.io._pixel_size`):
+            ``uns["hexpress"]["mpp_fullres"]`` / ``["mpp"]`` (files hexpress wrote), the image
+            file's metadata, the 100 µm Visium pitch (``obs`` ``array_row`` / ``array_col``,
+            as ``sc.read_visium`` keeps them), ``65 / spot_diameter_fullres`` (Visium).
+        library_id: the library (one slide) to read when the file holds several
+            (``obs["library_id"]`` / ``uns["spatial"]`` keys).
         sample_id: default ``uns["hexpress"]["sample_id"]``, else the library id or file stem.
         patient_id: default ``uns["hexpress"]["patient_id"]``, else ``sample_id``.
-        layer: raw counts layer; default ``layers["counts"]`` if present, else ``X``.
+        layer: raw counts layer; default ``layers["counts"]`` if present, else ``X``. Values
+            that are not whole counts are refused unless the file records its normalisation.
 
     Returns:
-        A :class:`Sample`; geometry and size from ``obs`` when present, else discs of
-        ``spot_diameter_fullres * mpp`` µm.
+        A :class:`Sample`; geometry and size from ``obs`` when present, else 55 µm discs for
+        Visium spots, else the sidecar JSON's ``cell_diameter`` / ``spot_diameter``, else discs
+        of ``spot_diameter_fullres * mpp`` µm.
     """
+    from hexpress.io._pixel_size import Estimate, image_file_mpp, mpp_from_lattice, resolve_mpp
+
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"AnnData file not found: {path}.")
@@ -108,51 +230,92 @@ def read_h5ad(
         adata = ad.read_h5ad(path)
     except Exception as e:  # h5py/anndata raise many types for broken files
         raise FormatError(f"Cannot read {path} as .h5ad: {e}.") from e
-    if K.SPATIAL not in adata.obsm:
-        raise FormatError(
-            f"{path} has no obsm['spatial'] (spot centres in full-resolution pixels); it is not "
-            "a spatial AnnData."
-        )
     lib = _pick_library(adata, library_id, path)
-    spatial = adata.uns[K.SPATIAL][lib] if lib is not None else {}
+    if lib is not None and LIBRARY_KEY in adata.obs:
+        adata = adata[adata.obs[LIBRARY_KEY].astype(str).to_numpy() == lib].copy()
+    spatial_all = adata.uns.get(K.SPATIAL, {})
+    spatial = (
+        dict(spatial_all.get(lib, {})) if lib is not None and isinstance(spatial_all, dict) else {}
+    )
     scalef = dict(spatial.get("scalefactors", {}))
     hx = dict(adata.uns.get(K.UNS, {}))
-    mpp_full = positive(mpp, "mpp", "mpp argument")
-    mpp_source = "given"
-    if mpp_full is None and "mpp_fullres" in hx:
-        mpp_full = positive(hx["mpp_fullres"], "uns['hexpress']['mpp_fullres']", path)
-        mpp_source = f"uns['hexpress']['mpp_fullres'] of {path.name}"
-    if image is not None:
-        slide = open_image(image, mpp=mpp_full)
-        mpp_full, scale, kind = slide.mpp, 1.0, "fullres"
-        if mpp_source == "given" and mpp is None:
-            mpp_source = f"metadata of {Path(image).name}"
-    else:
-        images = spatial.get("images", {})
+    norm = hx.get(K.NORMALIZATION) or None
+    side, side_path = _sidecar(path)
+    centers_full, pos_source = _positions(adata, path)
+    visium = K.SIZE_UM not in adata.obs and _visium_like(adata)
+
+    # the image and the factor from full-resolution px to its px
+    images = spatial.get("images", {})
+    image_path = Path(image) if image is not None else None
+    kind = None
+    if image_path is None:
         kind = next((k for k in ("hires", "lowres") if k in images), None)
         if kind is None:
-            raise InputFileError(
-                f"{path}: no image in uns['spatial'][{lib!r}]['images'] and none given. Pass the "
-                "full-resolution image with image=... (--image)."
-            )
+            image_path = _sibling_image(path)
+            if image_path is None and hx.get("image_path") and Path(hx["image_path"]).is_file():
+                image_path = Path(hx["image_path"])
+    if image_path is not None:
+        kind, scale = "fullres", 1.0
+    elif kind is not None:
         key = f"tissue_{kind}_scalef"
         scale = positive(scalef.get(key), key, path)
         if scale is None:
             raise UnitsError(f"{path}: uns['spatial'][{lib!r}]['scalefactors'] has no {key}.")
-        if mpp_full is None:
-            diam = scalef.get("spot_diameter_fullres")
-            hint = (
-                f" For standard Visium (55 µm spots) that is 55 / {float(diam):.4g} = "
-                f"{55 / float(diam):.4g}."
-                if diam
-                else ""
+    else:
+        raise InputFileError(
+            f"{path}: no image in uns['spatial'][{lib!r}]['images'], none next to it "
+            f"({path.stem}.tif / .jpg / .png) and none given. Pass the full-resolution image "
+            "with image=... (--image)."
+        )
+
+    # the pixel size, by precedence
+    recorded = hx.get("mpp_fullres", hx.get("mpp"))
+    metadata = None
+    if recorded is not None:
+        metadata = Estimate(
+            positive(recorded, "uns['hexpress']['mpp_fullres']", path),
+            f"uns['hexpress'] of {path.name}",
+        )
+    elif image_path is not None:
+        fm = image_file_mpp(image_path)
+        metadata = None if fm is None else Estimate(fm, f"metadata of {image_path.name}")
+    diam_px = positive(scalef.get("spot_diameter_fullres"), "spot_diameter_fullres", path)
+    pitch = scale_est = None
+    if visium:
+        fit = mpp_from_lattice(
+            adata.obs[["array_row", "array_col"]].to_numpy(dtype=float),
+            centers_full,
+            lattice="hex",
+            pitch_um=VISIUM_SPOT_PITCH_UM,
+        )
+        pitch = None if fit is None else Estimate(fit, "the 100 µm Visium spot pitch")
+        if diam_px is not None:
+            scale_est = Estimate(
+                VISIUM_SCALEFACTOR_SPOT_UM / diam_px,
+                f"spot_diameter_fullres = {diam_px:.5g} px spanning 65 µm",
             )
-            raise UnitsError(
-                f"{path} does not say its pixel size. Pass mpp=... (--mpp), the µm per pixel "
-                f"of the full-resolution image.{hint}"
-            )
+    chosen = resolve_mpp(
+        str(path), given=mpp, metadata=metadata, pitch=pitch, scalefactors=scale_est
+    )
+    if chosen is None:
+        hint = (
+            f" For Visium, spot_diameter_fullres spans a theoretical 65 µm spot: 65 / "
+            f"{diam_px:.5g} = {65 / diam_px:.4g} µm/px (not 55 / {diam_px:.5g})."
+            if diam_px
+            else ""
+        )
+        raise UnitsError(
+            f"{path} does not say its pixel size. Pass mpp=... (--mpp), the µm per pixel "
+            f"of the full-resolution image.{hint}"
+        )
+    mpp_full = chosen.mpp
+    if kind == "fullres":
+        slide = open_image(image_path, mpp=mpp_full)
+    else:
         slide = ArrayImage(np.asarray(images[kind]), mpp=mpp_full / scale, path=None)
-    centers = np.asarray(adata.obsm[K.SPATIAL], dtype=float)[:, :2] * scale
+    centers = centers_full * scale
+
+    # geometry and unit size
     if K.GEOMETRY in adata.obs:
         geoms = adata.obs[K.GEOMETRY].astype(str).unique()
         if len(geoms) != 1:
@@ -160,55 +323,89 @@ def read_h5ad(
         geometry = str(geoms[0])
     else:
         geometry = K.DISC
+    size_source = "obs['size_um']"
     if K.SIZE_UM in adata.obs:
         size_um = adata.obs[K.SIZE_UM].to_numpy(float)
         if geometry == K.POLYGON and np.isnan(size_um).all():
             size_um = None
+    elif visium:
+        size_um, size_source = VISIUM_SPOT_DIAMETER_UM, "the 55 µm Visium spot"
+    elif side.get("cell_diameter") or side.get("spot_diameter"):
+        key = "cell_diameter" if side.get("cell_diameter") else "spot_diameter"
+        size_um = positive(side[key], key, side_path)
+        size_source = f"{key} in {side_path.name}"
+    elif diam_px is not None:
+        size_um, size_source = diam_px * mpp_full, "spot_diameter_fullres x mpp"
     else:
-        diam = positive(scalef.get("spot_diameter_fullres"), "spot_diameter_fullres", path)
-        if diam is None:
-            raise UnitsError(
-                f"{path}: no obs['size_um'] and no spot_diameter_fullres scale factor, so the "
-                "spot size is unknown."
-            )
-        size_um = diam * mpp_full
-    if layer is None and K.COUNTS in adata.layers:
-        layer = K.COUNTS
-    X = adata.layers[layer] if layer is not None else adata.X
-    if X is None:
-        raise FormatError(f"{path} has no expression matrix in X.")
+        raise UnitsError(
+            f"{path}: no obs['size_um'], no spot_diameter_fullres scale factor and no "
+            f"{path.stem}.json with cell_diameter, so the unit size is unknown."
+        )
+    polygons = hx.get("polygons")
+    if isinstance(polygons, dict):  # h5ad stores a list of arrays as a dict "0", "1", ...
+        polygons = [np.asarray(polygons[k]) for k in sorted(polygons, key=int)]
     extra = adata.obs.drop(columns=[K.GEOMETRY, K.SIZE_UM], errors="ignore")
-    units = make_units(
-        X,
-        genes=adata.var_names,
-        unit_ids=adata.obs_names,
-        centers_px=centers,
-        geometry=geometry,
-        size_um=size_um,
-        source=path,
-        image=slide,
-        obs=extra,
-    )
-    units.var = adata.var.copy()
-    units.uns[K.UNS] = {k: v for k, v in hx.items() if k not in ("mpp", "image_size")}
+    if norm:
+        # normalised values (a prediction, a normalised truth): kept as they are, NaN included
+        units = adata.copy()
+        units.obsm[K.SPATIAL] = centers
+        units.obs[K.GEOMETRY] = pd.Categorical(
+            [geometry] * units.n_obs, categories=list(K.GEOMETRIES)
+        )
+        sizes = np.broadcast_to(
+            np.asarray(np.nan if size_um is None else size_um, float), (units.n_obs,)
+        )
+        units.obs[K.SIZE_UM] = np.array(sizes)
+    else:
+        X = _count_matrix(adata, layer, path)
+        units = make_units(
+            X,
+            genes=adata.var_names,
+            unit_ids=adata.obs_names,
+            centers_px=centers,
+            geometry=geometry,
+            size_um=size_um,
+            source=path,
+            image=slide,
+            obs=extra,
+        )
+        units.var = adata.var.copy()
+    units.uns[K.UNS] = {k: v for k, v in hx.items() if k not in ("mpp", "image_size", "polygons")}
     units.uns[K.UNS]["mpp_fullres"] = float(mpp_full)
-    units.uns[K.SPATIAL] = {lib: spatial} if lib is not None else {}
+    if polygons is not None:
+        units.uns[K.UNS]["polygons"] = [np.asarray(p, dtype=float) * scale for p in polygons]
+    units.uns[K.SPATIAL] = {lib: spatial} if lib is not None and spatial else {}
     sid = sample_id or str(hx.get("sample_id", lib or path.stem))
     return Sample(
         adata=units,
         image=slide,
         sample_id=sid,
         patient_id=patient_id or str(hx.get("patient_id", sid)),
-        technology=str(hx.get("technology", "h5ad")),
+        technology=str(hx.get("technology", "visium" if visium else "h5ad")),
         meta={
             "h5ad": str(path),
             "library_id": lib,
+            "positions": pos_source,
             "image_kind": kind,
             "image_scale_from_fullres": float(scale),
             "mpp_fullres": float(mpp_full),
-            "mpp_source": mpp_source,
+            "mpp_source": chosen.source,
+            "size_source": size_source,
+            "normalization": dict(norm) if norm else None,
         },
     )
+
+
+def read_h5ad_libraries(path: str | Path, **kw) -> list[Sample]:
+    """One :class:`Sample` per library of an ``.h5ad`` (see :func:`read_h5ad` for ``kw``)."""
+    path = Path(path)
+    try:
+        adata = ad.read_h5ad(path, backed="r")
+        libs = libraries(adata)
+        adata.file.close()
+    except Exception as e:  # h5py/anndata raise many types for broken files
+        raise FormatError(f"Cannot read {path} as .h5ad: {e}.") from e
+    return [read_h5ad(path, library_id=lib, **kw) for lib in libs] or [read_h5ad(path, **kw)]
 
 
 def spatial_uns(
@@ -221,7 +418,9 @@ def spatial_uns(
     thumbnails: tuple | None = None,
 ) -> dict:
     """scanpy's ``uns["spatial"]`` for units on ``slide``: hires / lowres thumbnails with their
-    scale factors and ``spot_diameter_fullres`` (median of ``sizes_um`` over the slide's mpp).
+    scale factors and ``spot_diameter_fullres``: the median of ``sizes_um`` over the slide's mpp,
+    except for 55 µm Visium spots, where it keeps Space Ranger's meaning (the pixels spanning a
+    theoretical 65 µm spot), so that readers of Space Ranger output size them right.
 
     Args:
         slide: a :class:`~hexpress.io.SlideImage` (level 0 = "full resolution").
@@ -234,6 +433,8 @@ def spatial_uns(
     sizes = np.asarray(sizes_um, dtype=float)
     finite = sizes[np.isfinite(sizes)]
     diam_um = float(np.median(finite)) if finite.size else float("nan")
+    if finite.size and np.allclose(finite, VISIUM_SPOT_DIAMETER_UM):
+        diam_um = VISIUM_SCALEFACTOR_SPOT_UM
     meta = {"software_version": "hexpress"}
     if slide.path is not None:
         meta["source_image_path"] = str(slide.path)

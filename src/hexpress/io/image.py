@@ -376,8 +376,10 @@ class TiffImage(SlideImage):
                 index.append(slice(None) if ax == "C" else 0)
         a = np.asarray(self._levels[level][tuple(index)])
         kept = [ax for ax in axes if ax in "YXSC"]
-        if "C" in kept:  # planar channels: move them last
-            a = np.moveaxis(a, kept.index("C"), -1)
+        for ax in "SC":  # planar RGB (PlanarConfiguration=2: SYX) or channel planes: move last
+            if ax in kept and kept.index(ax) < kept.index("X"):
+                a = np.moveaxis(a, kept.index(ax), -1)
+                kept.append(kept.pop(kept.index(ax)))
         return _to_rgb(a, self.path)
 
     def close(self) -> None:

@@ -1,4 +1,10 @@
-"""Legacy Spatial Transcriptomics (Ståhl et al. 2016) in the HER2ST / STNet layout.
+"""Legacy Spatial Transcriptomics (Ståhl et al. 2016) in the HER2ST layout.
+
+The layout is the one the HER2ST authors publish (Andersson et al. 2021: ``ST-cnts/``,
+``ST-spotfiles/``, ``ST-imgs/``) plus a ``sections.tsv`` that hexpress needs because those files
+do not say which image belongs to which section, how its pixels relate to the spot files' pixels
+or what size a pixel is. The ST-Net release (He et al. 2020: per-section ``*_stdata.tsv``,
+``spots_*.csv`` and ``*.jpg`` under ``stnet/``) is a different layout and is not read here.
 
 A data set folder holds::
 
@@ -13,6 +19,10 @@ A data set folder holds::
 Counts and selection rows are joined on the array index ``<x>x<y>``; a spot is kept when it is
 selected and has a counts row. Spot centres in image pixels are ``pixel_x/pixel_y *
 coord_scale`` (``coord_scale`` < 1 when the image is a downscaled copy of the scan).
+
+Pixel size (see :mod:`hexpress.io._pixel_size`): ``mpp`` given, else the image file's metadata,
+else ``um_per_px`` of ``sections.tsv`` (itself measured from the 200 µm pitch), else the 200 µm
+spot pitch measured from the selected spots' array indices and pixel positions.
 """
 
 from __future__ import annotations
@@ -25,7 +35,14 @@ import pandas as pd
 
 from hexpress import _keys as K
 from hexpress.data.sample import Sample, make_units
-from hexpress.errors import ConfigError, DataMismatchError, FormatError, InputFileError
+from hexpress.errors import (
+    ConfigError,
+    DataMismatchError,
+    FormatError,
+    InputFileError,
+    UnitsError,
+)
+from hexpress.io._pixel_size import Estimate, image_file_mpp, mpp_from_lattice, resolve_mpp
 from hexpress.io._tables import positive, require_dir
 from hexpress.io.image import open_image
 
@@ -40,6 +57,7 @@ LAYOUT = """  sections.tsv  (section, patient, image, coord_scale, um_per_px, sp
 
 SECTION_COLUMNS = ("section", "patient", "image", "coord_scale", "um_per_px", "spot_diameter_um")
 DEFAULT_SPOT_DIAMETER_UM = 100.0
+DEFAULT_SPOT_PITCH_UM = 200.0
 
 
 def read_sections_table(root: str | Path) -> pd.DataFrame:
@@ -80,7 +98,8 @@ def read_legacy_st(
     Args:
         root: the data set folder (holding ``sections.tsv``).
         section: section id, a row of ``sections.tsv``.
-        mpp: µm per pixel of the image; default ``um_per_px`` from ``sections.tsv``.
+        mpp: µm per pixel of the image; default the image file's metadata, else ``um_per_px``
+            from ``sections.tsv``, else the 200 µm spot pitch measured on the image.
         image: an image to use instead of the one in ``sections.tsv``; spot pixel positions are
             still multiplied by that section's ``coord_scale``.
 
@@ -111,9 +130,8 @@ def read_legacy_st(
     diameter_um = positive(
         row.get("spot_diameter_um", DEFAULT_SPOT_DIAMETER_UM), "spot_diameter_um", sel_path
     )
-    img_mpp = mpp if mpp is not None else positive(row["um_per_px"], "um_per_px", root)
     img_path = Path(image) if image is not None else root / str(row["image"])
-    slide = open_image(img_path, mpp=img_mpp)  # lazy: reads the size, not the pixels
+    pitch_um = positive(row.get("spot_pitch_um", DEFAULT_SPOT_PITCH_UM), "spot_pitch_um", root)
 
     counts = pd.read_csv(cnt_path, sep="\t", index_col=0)
     counts.index = counts.index.astype(str)
@@ -139,6 +157,29 @@ def read_legacy_st(
         )
     if n_no_counts:
         log.info("%s: %d selected spot(s) have no counts and are left out", section, n_no_counts)
+    fit = mpp_from_lattice(
+        sel[["y", "x"]].to_numpy(dtype=float),
+        sel[["pixel_x", "pixel_y"]].to_numpy(dtype=float) * coord_scale,
+        lattice="square",
+        pitch_um=pitch_um,
+    )
+    file_mpp = image_file_mpp(img_path) if img_path.is_file() else None
+    table_mpp = positive(row.get("um_per_px"), "um_per_px", root / "sections.tsv")
+    chosen = resolve_mpp(
+        f"legacy ST section {section}",
+        given=mpp,
+        metadata=None if file_mpp is None else Estimate(file_mpp, f"metadata of {img_path.name}"),
+        pitch=[
+            None if table_mpp is None else Estimate(table_mpp, "um_per_px in sections.tsv"),
+            None if fit is None else Estimate(fit, f"the {pitch_um:g} µm spot pitch"),
+        ],
+    )
+    if chosen is None:
+        raise UnitsError(
+            f"Section {section}: no pixel size (no um_per_px in sections.tsv, none in "
+            f"{img_path.name}, too few spots to measure the pitch). Pass mpp=... (--mpp)."
+        )
+    slide = open_image(img_path, mpp=chosen.mpp)  # lazy: reads the size, not the pixels
     sel = sel.loc[keep]
     centers = sel[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64) * coord_scale
     obs = pd.DataFrame(
@@ -173,7 +214,8 @@ def read_legacy_st(
         meta={
             "root": str(root),
             "coord_scale": float(coord_scale),
-            "spot_pitch_um": float(row.get("spot_pitch_um", 200.0)),
+            "spot_pitch_um": float(pitch_um),
+            "mpp_source": chosen.source,
             "spots_selected_without_counts": int(n_no_counts),
         },
     )

@@ -19,9 +19,13 @@ not contain. With that image (``image=path``) spots are placed on it directly; o
 hires (or lowres) PNG, multiplied by ``tissue_hires_scalef`` (``tissue_lowres_scalef``).
 
 Pixel size: Space Ranger does not write the µm per pixel of a standard Visium image. Unless
-``mpp`` is given, it is derived from the 55 µm spot diameter: ``mpp_fullres = 55 /
-spot_diameter_fullres``, and a PNG's ``mpp = mpp_fullres / scalef``. The value and how it was
-found are logged and kept in ``Sample.meta``.
+``mpp`` is given or a full-resolution TIFF states it, it is measured from the 100 µm spot pitch:
+an affine fit of ``pxl_col_in_fullres, pxl_row_in_fullres`` against the lattice (``array_col``
+steps 50 µm, ``array_row`` steps ``50 * sqrt(3)`` µm). ``spot_diameter_fullres`` spans a
+*theoretical 65 µm* spot (not the 55 µm capture spot), so ``65 / spot_diameter_fullres`` is the
+fallback and a cross-check. A PNG's ``mpp = mpp_fullres / scalef``. The value and how it was
+found are logged and kept in ``Sample.meta``; sources that disagree by more than 2 % are warned
+about (see :mod:`hexpress.io._pixel_size`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from pathlib import Path
 
 from hexpress import _keys as K
 from hexpress.data.sample import Sample
-from hexpress.io._spaceranger import resolve_image, spaceranger_units
+from hexpress.io._pixel_size import VISIUM_SCALEFACTOR_SPOT_UM
+from hexpress.io._spaceranger import Lattice, read_positions, resolve_image, spaceranger_units
 from hexpress.io._tables import (
     find_file,
     read_json,
@@ -44,6 +49,7 @@ log = logging.getLogger(__name__)
 
 VISIUM_SPOT_DIAMETER_UM = 55.0
 VISIUM_SPOT_PITCH_UM = 100.0
+VISIUM_LATTICE = Lattice("hex", VISIUM_SPOT_PITCH_UM, VISIUM_SCALEFACTOR_SPOT_UM, "Visium spot")
 
 LAYOUT = """  outs/
     filtered_feature_bc_matrix.h5  (or filtered_feature_bc_matrix/, raw_feature_bc_matrix[.h5])
@@ -90,7 +96,8 @@ def read_visium(
             ``"lowres"`` for Space Ranger's PNGs. Default: the hires PNG, or the lowres PNG when
             the hires one is missing or blank (a single colour).
         mpp: µm per pixel of the **full-resolution** image. Default: the image file's own value
-            when a TIFF with metadata is given, else ``55 / spot_diameter_fullres``.
+            when a full-resolution image with metadata is given, else the 100 µm spot pitch
+            measured in full-resolution pixels, else ``65 / spot_diameter_fullres``.
         sample_id: default the run folder's name.
         patient_id: default ``sample_id``.
         matrix: a feature-barcode matrix (``.h5`` file or Matrix Market folder) to use instead of
@@ -117,17 +124,18 @@ def read_visium(
         else find_file(outs, MATRIX_CANDIDATES, "Feature-barcode matrix", LAYOUT)
     )
     scalefactors = read_json(sf_path)
+    positions = read_positions(pos_path)
     chosen = resolve_image(
         image,
         mpp=mpp,
         scalefactors=scalefactors,
         scalefactors_path=sf_path,
-        image_dirs=[outs / "spatial"],
-        unit_um=VISIUM_SPOT_DIAMETER_UM,
-        unit_name="Visium spot diameter",
+        image_dirs=[outs / "spatial", outs],
+        positions=positions,
+        lattice=VISIUM_LATTICE,
     )
     adata, stats = spaceranger_units(
-        pos_path, mtx_path, chosen, geometry=K.DISC, size_um=VISIUM_SPOT_DIAMETER_UM
+        positions, pos_path, mtx_path, chosen, geometry=K.DISC, size_um=VISIUM_SPOT_DIAMETER_UM
     )
     run = outs.parent.name if outs.name == "outs" else outs.name
     sample_id = sample_id or run

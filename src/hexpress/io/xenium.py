@@ -4,12 +4,16 @@ Files read from a Xenium Onboard Analysis output folder::
 
     cells.parquet            cell_id, x_centroid, y_centroid (µm), cell_area (µm²), ...
     cell_feature_matrix.h5   10x HDF5 feature-barcode matrix, barcodes = cell ids (Q20 already)
-    transcripts.parquet      cell_id, feature_name, x_location, y_location (µm), qv
+    transcripts.parquet      cell_id, feature_name, x_location, y_location (µm), qv,
+                             is_gene (XOA >= 3.0), codeword_category (XOA >= 2.0); only the
+                             columns needed are read, in batches
     experiment.xenium        JSON manifest; ``pixel_size`` (µm per morphology pixel, 0.2125)
     cell_boundaries.parquet  optional: cell_id, vertex_x, vertex_y (µm), for cell areas
 
 plus an H&E image and its alignment: the 3 x 3 affine matrix CSV that Xenium Explorer exports
-after image alignment. That matrix maps **H&E image pixels** ``(x, y, 1)`` to **Xenium
+after image alignment (``*_he_imagealignment.csv``), or its keypoints CSV
+(``fixedX,fixedY,alignmentX,alignmentY``) from which the matrix is fitted. A post-Xenium H&E in the
+folder (``*he_image.ome.tif``) and its alignment are found without being named. That matrix maps **H&E image pixels** ``(x, y, 1)`` to **Xenium
 morphology pixels** (``pixel_size`` µm each, origin at the Xenium frame's origin). Here the
 inverse is applied: ``H&E px = M⁻¹ · (x_µm / pixel_size, y_µm / pixel_size, 1)``. Without an
 alignment the H&E image is taken to be registered to the Xenium frame already, origin at (0, 0)
@@ -28,9 +32,10 @@ Pooling:
   transcripts between discs are not counted, as with real spots.
 
 For ``square`` and ``disc``, transcripts with ``qv < min_qv`` (default 20, the Xenium default)
-and control / unassigned features (names starting with ``NegControl``, ``BLANK``,
-``Unassigned``, ``Deprecated``, ``antisense``, ``Intergenic``) are dropped, and only units with
-at least one transcript are kept.
+and non-gene features are dropped: ``is_gene`` false where that column exists, else a
+``codeword_category`` other than ``predesigned_gene`` / ``custom_gene``, else names starting
+with ``NegControl``, ``BLANK``, ``Unassigned``, ``Deprecated``, ``antisense`` or
+``Intergenic``; only units with at least one transcript are kept.
 """
 
 from __future__ import annotations
@@ -52,10 +57,12 @@ from hexpress.errors import (
     InputFileError,
     UnitsError,
 )
+from hexpress.io._pixel_size import Estimate, image_file_mpp, resolve_mpp
 from hexpress.io._tables import (
     find_file,
     first_existing,
     gene_expression_only,
+    polygon_area,
     positive,
     read_json,
     require_dir,
@@ -66,6 +73,8 @@ from hexpress.io.tenx_h5 import read_10x_h5
 __all__ = [
     "read_xenium",
     "read_alignment",
+    "read_transcripts",
+    "find_he_image",
     "xenium_to_image_px",
     "XENIUM_PIXEL_SIZE_UM",
     "CONTROL_PREFIXES",
@@ -92,8 +101,22 @@ LAYOUT = """  cells.parquet  (cell_id, x_centroid, y_centroid in µm, cell_area 
   plus the H&E image (image=...) and its Xenium Explorer alignment matrix CSV (alignment=...)"""
 
 
-def read_alignment(path: str | Path) -> np.ndarray:
-    """Read a Xenium Explorer alignment matrix CSV: 3 rows of 3 numbers, H&E px -> Xenium px.
+KEYPOINT_COLUMNS = ("fixedX", "fixedY", "alignmentX", "alignmentY")
+# transcripts.parquet: codeword_category values that are genes (XOA >= 2.0; is_gene in >= 3.0)
+GENE_CATEGORIES = ("predesigned_gene", "custom_gene")
+TRANSCRIPT_BATCH_ROWS = 1_000_000
+
+
+def read_alignment(path: str | Path, pixel_size_um: float = XENIUM_PIXEL_SIZE_UM) -> np.ndarray:
+    """Read a Xenium Explorer alignment: H&E image px -> Xenium morphology px.
+
+    Two files are accepted:
+
+    * the 3 x 3 affine matrix CSV (``*_imagealignment.csv``: three comma-separated rows, the last
+      ``0,0,1``);
+    * the keypoints CSV (header ``fixedX,fixedY,alignmentX,alignmentY``: ``fixed`` in Xenium µm,
+      ``alignment`` in H&E image px), from which the affine matrix is fitted by least squares
+      (at least three keypoints not on a line); ``pixel_size_um`` turns µm into morphology px.
 
     Returns:
         ``(3, 3)`` float64 matrix.
@@ -101,8 +124,14 @@ def read_alignment(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise InputFileError(
-            f"Alignment matrix not found: {path}. Expected the CSV Xenium Explorer exports."
+            f"Alignment file not found: {path}. Expected the matrix or keypoints CSV that "
+            "Xenium Explorer exports."
         )
+    with open(path) as f:
+        first = f.readline()
+    header = [h.strip().strip('"') for h in first.split(",")]
+    if set(KEYPOINT_COLUMNS) <= set(header):
+        return _alignment_from_keypoints(path, pixel_size_um)
     rows = []
     with open(path) as f:
         for line in f:
@@ -115,14 +144,81 @@ def read_alignment(path: str | Path) -> np.ndarray:
     if M.shape != (3, 3):
         raise FormatError(
             f"{path}: expected a 3 x 3 affine matrix (three comma-separated rows, the last "
-            f"0,0,1) as Xenium Explorer exports, got shape {M.shape}."
+            f"0,0,1) or a keypoints table ({','.join(KEYPOINT_COLUMNS)}) as Xenium Explorer "
+            f"exports, got shape {M.shape}."
         )
+    _check_affine(M, path)
+    return M
+
+
+def _check_affine(M: np.ndarray, path) -> None:
     if not np.allclose(M[2], [0, 0, 1], atol=1e-6) or abs(np.linalg.det(M[:2, :2])) < 1e-12:
         raise FormatError(
             f"{path}: not an invertible affine matrix (last row {M[2].tolist()}, "
             f"det {np.linalg.det(M[:2, :2]):.3g})."
         )
+
+
+def _alignment_from_keypoints(path: Path, pixel_size_um: float) -> np.ndarray:
+    try:
+        kp = pd.read_csv(path)
+    except (OSError, ValueError) as e:
+        raise FormatError(f"Cannot read keypoints {path}: {e}.") from e
+    kp.columns = [str(c).strip() for c in kp.columns]
+    vals = kp[list(KEYPOINT_COLUMNS)].to_numpy(dtype=float)
+    vals = vals[np.isfinite(vals).all(1)]
+    src = vals[:, 2:4]  # H&E px
+    dst = vals[:, 0:2] / pixel_size_um  # Xenium µm -> morphology px
+    design = np.column_stack([src, np.ones(len(src))])
+    if len(src) < 3 or np.linalg.matrix_rank(design) < 3:
+        raise FormatError(
+            f"{path}: {len(src)} keypoint(s); an affine alignment needs at least 3 that are not "
+            "on one line. Add keypoints in Xenium Explorer or export the alignment matrix."
+        )
+    coef, *_ = np.linalg.lstsq(design, dst, rcond=None)
+    M = np.vstack([coef.T, [0.0, 0.0, 1.0]])
+    resid = design @ coef - dst
+    rms_um = float(np.sqrt(np.mean(np.sum(resid**2, axis=1)))) * pixel_size_um
+    log.info(
+        "%s: affine fitted to %d keypoints (RMS residual %.3g µm)", path.name, len(src), rms_um
+    )
+    _check_affine(M, path)
     return M
+
+
+def find_he_image(root: Path) -> tuple[Path | None, Path | None]:
+    """The post-Xenium H&E in a Xenium bundle and its alignment file, if there.
+
+    The H&E is ``*he_image.ome.tif`` (as Xenium Onboard Analysis names a post-Xenium H&E; also
+    ``images.he_image_filepath`` of ``experiment.xenium`` when present); its alignment is
+    ``<name without .ome.tif>alignment.csv`` (``*_he_imagealignment.csv``), else the only
+    ``*imagealignment.csv`` or ``*keypoints.csv`` of the folder.
+    """
+    spec = root / "experiment.xenium"
+    named = None
+    if spec.is_file():
+        imgs = read_json(spec).get("images") or {}
+        rel = imgs.get("he_image_filepath") if isinstance(imgs, dict) else None
+        if rel and (root / rel).is_file():
+            named = root / rel
+    cands = sorted(root.glob("*he_image.ome.tif")) + sorted(root.glob("*he_image.ome.tiff"))
+    he = named or (cands[0] if len(cands) == 1 else None)
+    if he is None and len(cands) > 1:
+        raise InputFileError(
+            f"{root} holds several H&E images ({', '.join(c.name for c in cands)}); choose one "
+            "with image=... (--image)."
+        )
+    if he is None:
+        return None, None
+    stem = he.name.replace(".ome.tiff", "").replace(".ome.tif", "")
+    exact = root / f"{stem}alignment.csv"
+    if exact.is_file():
+        return he, exact
+    for pattern in ("*imagealignment.csv", "*keypoints.csv"):
+        found = sorted(root.glob(pattern))
+        if len(found) == 1:
+            return he, found[0]
+    return he, None
 
 
 def xenium_to_image_px(
@@ -172,8 +268,7 @@ def _polygon_areas(path: Path) -> pd.Series:
     b["cell_id"] = b["cell_id"].astype(str)
 
     def area(g):
-        x, y = g["vertex_x"].to_numpy(float), g["vertex_y"].to_numpy(float)
-        return 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        return polygon_area(g[["vertex_x", "vertex_y"]].to_numpy(float))
 
     return b.groupby("cell_id", sort=False)[["vertex_x", "vertex_y"]].apply(area)
 
@@ -183,35 +278,110 @@ def _open_he(
 ) -> tuple[SlideImage, str]:
     if image is None:
         raise InputFileError(
-            "read_xenium needs the H&E image (image=... / --image) and, unless the image is "
-            "already registered to the Xenium frame, its Xenium Explorer alignment matrix "
-            f"(alignment=...). Expected layout:\n{LAYOUT}"
+            "read_xenium needs the H&E image (image=... / --image; a *he_image.ome.tif in the "
+            "folder is found by itself) and, unless the image is already registered to the "
+            "Xenium frame, its Xenium Explorer alignment (alignment=...). Expected layout:\n"
+            f"{LAYOUT}"
         )
     path = Path(image)
-    if mpp is not None:
-        return open_image(path, mpp=mpp), "given"
-    if alignment is None:
+    file_mpp = image_file_mpp(path)
+    derived = None
+    if alignment is not None:
+        derived = Estimate(
+            pixel_size * math.sqrt(abs(np.linalg.det(alignment[:2, :2]))),
+            "the alignment's scale x pixel_size",
+        )
+    chosen = resolve_mpp(
+        str(path),
+        given=mpp,
+        metadata=None if file_mpp is None else Estimate(file_mpp, f"metadata of {path.name}"),
+        pitch=derived,
+    )
+    if chosen is None:
+        raise UnitsError(
+            f"{path} has no pixel size and no alignment was given. Pass mpp=... (--mpp), or the "
+            "Xenium Explorer alignment (alignment=...)."
+        )
+    return open_image(path, mpp=chosen.mpp), chosen.source
+
+
+def _gene_mask(batch: pd.DataFrame) -> np.ndarray:
+    """Transcripts of genes: ``is_gene`` where present, else ``codeword_category``, else names
+    without a control prefix."""
+    if "is_gene" in batch.columns:
+        return batch["is_gene"].to_numpy(dtype=bool)
+    if "codeword_category" in batch.columns:
+        return batch["codeword_category"].astype(str).isin(GENE_CATEGORIES).to_numpy()
+    return ~_is_control(batch["feature_name"])
+
+
+def read_transcripts(
+    path: Path, *, min_qv: float, batch_rows: int = TRANSCRIPT_BATCH_ROWS
+) -> tuple[pd.DataFrame, dict]:
+    """Gene transcripts of ``transcripts.parquet`` (or ``.csv.gz``) passing ``qv >= min_qv``.
+
+    Only ``feature_name``, ``x_location``, ``y_location`` and, where present, ``qv``,
+    ``is_gene`` and ``codeword_category`` are read, ``batch_rows`` rows at a time, so memory
+    holds the kept transcripts' names and positions, not the whole table.
+
+    Returns:
+        ``(table, stats)``: columns ``feature_name`` (categorical), ``x_location``,
+        ``y_location`` (µm); counts of rows read and dropped.
+    """
+    need = ["feature_name", "x_location", "y_location"]
+    optional = ["qv", "is_gene", "codeword_category"]
+    if path.name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
         try:
-            return open_image(path), f"metadata of {path.name}"
-        except UnitsError as e:
-            raise UnitsError(
-                f"{path} has no pixel size and no alignment matrix was given. Pass mpp=... "
-                "(--mpp), or the Xenium Explorer alignment matrix (alignment=...)."
-            ) from e
-    derived = pixel_size * math.sqrt(abs(np.linalg.det(alignment[:2, :2])))
-    try:
-        slide = open_image(path)
-        if abs(slide.mpp - derived) > 0.05 * derived:
-            log.warning(
-                "%s: file says %.4g µm/px, the alignment implies %.4g; using the file's value",
-                path,
-                slide.mpp,
-                derived,
-            )
-        return slide, f"metadata of {path.name}"
-    except UnitsError:
-        log.info("H&E mpp %.4g µm/px derived from the alignment's scale", derived)
-        return open_image(path, mpp=derived), "alignment matrix scale x pixel_size"
+            pf = pq.ParquetFile(path)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"Cannot read {path}: {e}.") from e
+        names = pf.schema_arrow.names
+        _need(pd.DataFrame(columns=names), need, path)
+        cols = need + [c for c in optional if c in names]
+        batches = (b.to_pandas() for b in pf.iter_batches(batch_size=batch_rows, columns=cols))
+    else:
+        try:
+            head = pd.read_csv(path, nrows=0)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"Cannot read {path}: {e}.") from e
+        _need(head, need, path)
+        cols = need + [c for c in optional if c in head.columns]
+        batches = pd.read_csv(path, usecols=cols, chunksize=batch_rows)
+    has_qv = "qv" in cols
+    if not has_qv:
+        log.warning("%s has no qv column; no quality filter applied", path)
+    kept, n0, n_ctrl, n_lowq = [], 0, 0, 0
+    for b in batches:
+        if len(b) and isinstance(b["feature_name"].iloc[0], bytes):
+            b["feature_name"] = b["feature_name"].str.decode("utf-8")
+        n0 += len(b)
+        ok = _gene_mask(b)
+        n_ctrl += int((~ok).sum())
+        if has_qv:
+            low = b["qv"].to_numpy(float) < min_qv
+            n_lowq += int((low & ok).sum())
+            ok &= ~low
+        sub = b.loc[ok, need]
+        sub["feature_name"] = sub["feature_name"].astype("category")
+        kept.append(sub)
+    tx = (
+        pd.concat(kept, ignore_index=True)
+        if kept
+        else pd.DataFrame({c: pd.Series(dtype=float) for c in need})
+    )
+    tx["feature_name"] = tx["feature_name"].astype(str).astype("category")
+    log.info(
+        "%s: kept %d of %d transcripts (dropped %d control/unassigned, %d with qv < %g)",
+        path.name,
+        len(tx),
+        n0,
+        n_ctrl,
+        n_lowq,
+        min_qv,
+    )
+    return tx, {"n_read": n0, "n_control": n_ctrl, "n_low_qv": n_lowq}
 
 
 def _pool_transcripts(
@@ -280,9 +450,12 @@ def read_xenium(
 
     Args:
         path: the Xenium output folder.
-        image: the H&E image (any format :func:`~hexpress.io.open_image` reads).
-        alignment: Xenium Explorer's alignment matrix (CSV path or ``(3, 3)`` array), H&E pixels
-            -> Xenium morphology pixels. ``None``: the image is registered to the Xenium frame.
+        image: the H&E image (any format :func:`~hexpress.io.open_image` reads). Default: the
+            post-Xenium H&E of the bundle (``*he_image.ome.tif``, see :func:`find_he_image`),
+            with its ``*imagealignment.csv`` when ``alignment`` is not given.
+        alignment: Xenium Explorer's alignment (matrix or keypoints CSV, or a ``(3, 3)`` array),
+            H&E pixels -> Xenium morphology pixels. ``None``: the image is registered to the
+            Xenium frame.
         pool: ``"cells"``, ``"square"`` or ``"disc"`` (see the module docstring).
         size_um: square side / disc diameter in µm (required for ``square`` and ``disc``;
             for ``cells``, a diameter used only when the folder gives no cell areas).
@@ -309,10 +482,17 @@ def read_xenium(
         pixel_size = positive(read_json(spec_path).get("pixel_size"), "pixel_size", spec_path) or (
             XENIUM_PIXEL_SIZE_UM
         )
+    if image is None:
+        he, found = find_he_image(root)
+        if he is not None:
+            image = he
+            if alignment is None:
+                alignment = found
+            log.info("H&E %s found in the bundle (alignment: %s)", he.name, found)
     M = None
     if alignment is not None:
         M = (
-            read_alignment(alignment)
+            read_alignment(alignment, pixel_size)
             if isinstance(alignment, (str, Path))
             else np.asarray(alignment, dtype=float)
         )
@@ -384,28 +564,7 @@ def read_xenium(
         tx_path = find_file(
             root, ["transcripts.parquet", "transcripts.csv.gz"], "Transcript table", LAYOUT
         )
-        tx = _table(tx_path)
-        _need(tx, ["feature_name", "x_location", "y_location"], tx_path)
-        n0 = len(tx)
-        ok = ~_is_control(tx["feature_name"])
-        n_ctrl = int((~ok).sum())
-        if "qv" in tx.columns:
-            low = tx["qv"].to_numpy(float) < min_qv
-            n_lowq = int((low & ok).sum())
-            ok &= ~low
-        else:
-            n_lowq = 0
-            log.warning("%s has no qv column; no quality filter applied", tx_path)
-        tx = tx[ok]
-        log.info(
-            "%s: kept %d of %d transcripts (dropped %d control/unassigned, %d with qv < %g)",
-            tx_path.name,
-            len(tx),
-            n0,
-            n_ctrl,
-            n_lowq,
-            min_qv,
-        )
+        tx, _ = read_transcripts(tx_path, min_qv=min_qv)
         if matrix_path is not None:
             panel = read_10x_h5(matrix_path)
             genes = [
@@ -459,6 +618,8 @@ def read_xenium(
             "size_um": None if size_um is None else float(size_um),
             "pitch_um": None if pitch_um is None else float(pitch_um),
             "pixel_size_um": float(pixel_size),
+            "image": None if slide.path is None else str(slide.path),
+            "alignment_file": str(alignment) if isinstance(alignment, (str, Path)) else None,
             "alignment": None if M is None else M.tolist(),
             "mpp_source": mpp_source,
             "cell_size_from": geom_src,
