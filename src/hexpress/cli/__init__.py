@@ -21,7 +21,17 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `hexpress --help` lists them.
-COMMANDS = ("info", "simulate", "models", "train", "predict", "evaluate", "bench", "demo")
+COMMANDS = (
+    "info",
+    "convert",
+    "simulate",
+    "models",
+    "train",
+    "predict",
+    "evaluate",
+    "bench",
+    "demo",
+)
 
 
 @app.callback()

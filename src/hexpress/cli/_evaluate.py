@@ -60,7 +60,10 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         pred: Path = typer.Argument(..., help="Predictions (.h5ad): normalised expression in X."),
         truth: Path = typer.Option(
-            ..., "--truth", help="Measured units (.h5ad), raw counts or normalised."
+            ..., "--truth", help="Measured units (.h5ad, or any format with --truth-format)."
+        ),
+        truth_format: str | None = typer.Option(
+            None, "--truth-format", help="Read --truth with this reader (e.g. visium, xenium)."
         ),
         gene_sets: list[Path] = typer.Option(
             None, "--gene-sets", help="Gene set file (.gmt, or plain text: one gene per line)."
@@ -81,8 +84,12 @@ def register(app: typer.Typer) -> None:
         from hexpress.eval.metrics import section_metrics
         from hexpress.eval.report import MethodResult, json_safe, markdown_table, results_table
 
+        from hexpress.eval.matching import match_by_position
+        from hexpress.io.formats import read_sample
+
         p = _read(pred, "prediction")
-        t = _read(truth, "truth")
+        t = read_sample(truth, truth_format).adata if truth_format else _read(truth, "truth")
+        p = match_by_position(t, p, name=str(pred))
         sets = load_gene_sets(gene_sets) if gene_sets else {}
         uns = p.uns.get(K.UNS, {})
         name = method or str(uns.get("model") or uns.get("method") or pred.stem)

@@ -1,4 +1,7 @@
-"""``hexpress info``: read one sample and print its summary."""
+"""``hexpress info``: read one sample and print its summary.
+
+The reader options here are shared with ``hexpress convert`` (one definition of each flag).
+"""
 
 from __future__ import annotations
 
@@ -9,39 +12,79 @@ import typer
 
 from hexpress.io.formats import FORMATS, read_sample
 
-__all__ = ["register", "info"]
+__all__ = ["register", "info", "read_input"]
+
+PATH_ARG = typer.Argument(..., help="Data folder or file of the sample.")
+FORMAT_OPT = typer.Option(..., "--format", "-f", help=f"Data format, one of: {', '.join(FORMATS)}.")
+SECTION_OPT = typer.Option(
+    None,
+    "--section",
+    "--library",
+    "-s",
+    help="Section id (legacy ST), library id (h5ad with several slides) or sample id.",
+)
+MPP_OPT = typer.Option(
+    None, "--mpp", help="µm per pixel of the full-resolution image, where the data lack it."
+)
+IMAGE_OPT = typer.Option(
+    None, "--image", help="Image file to use, or 'hires' / 'lowres' (Space Ranger PNGs)."
+)
+BIN_OPT = typer.Option(None, "--bin-um", help="Visium HD bin size: 2, 8 or 16.")
+ALIGNMENT_OPT = typer.Option(
+    None, "--alignment", help="Xenium: Xenium Explorer alignment matrix or keypoints CSV."
+)
+POOL_OPT = typer.Option(
+    None,
+    "--pool",
+    help="Xenium: 'cells', 'square' or 'disc'; Visium HD: 'bins' or 'cells' (segmented_outputs).",
+)
+SIZE_OPT = typer.Option(None, "--size-um", help="Xenium: square side / disc diameter in µm.")
+LAYER_OPT = typer.Option(None, "--layer", help="h5ad: the layer holding raw counts.")
+
+
+def read_input(path, format, *, section, mpp, image, bin_um, alignment, pool, size_um, layer):
+    """The sample the shared reader options describe (see :func:`hexpress.io.read_sample`)."""
+    extra = {
+        "bin_um": bin_um,
+        "alignment": alignment,
+        "pool": pool,
+        "size_um": size_um,
+        "layer": layer,
+    }
+    return read_sample(path, format, section=section, mpp=mpp, image=image, **extra)
 
 
 def info(
-    path: Path = typer.Argument(..., help="Data folder or file of the sample."),
-    format: str = typer.Option(
-        ..., "--format", "-f", help=f"Data format, one of: {', '.join(FORMATS)}."
-    ),
-    section: str | None = typer.Option(
-        None, "--section", "-s", help="Section id (legacy ST), library id (h5ad) or sample id."
-    ),
-    mpp: float | None = typer.Option(
-        None, "--mpp", help="µm per pixel of the full-resolution image, where the data lack it."
-    ),
-    image: str | None = typer.Option(
-        None, "--image", help="Image file to use, or 'hires' / 'lowres' (Space Ranger PNGs)."
-    ),
-    bin_um: int | None = typer.Option(None, "--bin-um", help="Visium HD bin size: 2, 8 or 16."),
-    alignment: Path | None = typer.Option(
-        None, "--alignment", help="Xenium: Xenium Explorer alignment matrix CSV."
-    ),
-    pool: str | None = typer.Option(
-        None, "--pool", help="Xenium: pool into 'cells', 'square' or 'disc'."
-    ),
-    size_um: float | None = typer.Option(
-        None, "--size-um", help="Xenium: square side / disc diameter in µm."
-    ),
+    path: Path = PATH_ARG,
+    format: str = FORMAT_OPT,
+    section: str | None = SECTION_OPT,
+    mpp: float | None = MPP_OPT,
+    image: str | None = IMAGE_OPT,
+    bin_um: int | None = BIN_OPT,
+    alignment: Path | None = ALIGNMENT_OPT,
+    pool: str | None = POOL_OPT,
+    size_um: float | None = SIZE_OPT,
+    layer: str | None = LAYER_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
-    """Print a sample's summary: technology, section, spots, genes, image size, mpp, spot size."""
-    extra = {"bin_um": bin_um, "alignment": alignment, "pool": pool, "size_um": size_um}
-    sample = read_sample(path, format, section=section, mpp=mpp, image=image, **extra)
+    """Print a sample's summary: technology, section, spots, genes, image size, mpp, spot size
+    and where the pixel size comes from."""
+    sample = read_input(
+        path,
+        format,
+        section=section,
+        mpp=mpp,
+        image=image,
+        bin_um=bin_um,
+        alignment=alignment,
+        pool=pool,
+        size_um=size_um,
+        layer=layer,
+    )
     summary = sample.summary()
+    for key in ("mpp_fullres", "mpp_source"):
+        if sample.meta.get(key) is not None:
+            summary[key] = sample.meta[key]
     if as_json:
         typer.echo(json.dumps(summary))
         return

@@ -195,7 +195,10 @@ class Sample:
         finite = sizes[np.isfinite(sizes)]
         geometry = self.adata.obs[K.GEOMETRY]
         X = self.adata.layers[K.COUNTS] if K.COUNTS in self.adata.layers else self.adata.X
-        total = float(X.sum())
+        if hasattr(X, "toarray"):  # sparse counts
+            total, per_unit = float(X.sum()), np.asarray(X.sum(1)).ravel()
+        else:  # dense predictions hold NaN where the map did not reach
+            total, per_unit = float(np.nansum(X)), np.nansum(np.asarray(X), axis=1)
         out = {
             "technology": self.technology,
             "section": self.sample_id,
@@ -205,10 +208,11 @@ class Sample:
             "geometry": str(geometry.iloc[0]) if len(geometry) else None,
             "spot_size_um": float(np.median(finite)) if finite.size else None,
             "total_counts": total,
-            "median_counts_per_spot": float(np.median(np.asarray(X.sum(1)).ravel()))
-            if self.adata.n_obs
-            else 0.0,
+            "median_counts_per_spot": float(np.median(per_unit)) if self.adata.n_obs else 0.0,
         }
+        norm = self.adata.uns.get(K.UNS, {}).get(K.NORMALIZATION)
+        if norm:  # normalised values (a prediction), not counts: say so
+            out["normalization"] = {str(k): v for k, v in dict(norm).items()}
         if self.image is not None:
             out.update(
                 image=str(self.image.path) if self.image.path is not None else None,

@@ -1,7 +1,9 @@
 """Put a prediction and its truth side by side: same units, same genes, same normalised space.
 
-Units are matched by ``obs_names`` and genes by ``var_names``; nothing is matched by position. The
-truth may hold raw counts (no ``uns["hexpress"]["normalization"]``): it is then normalised the way
+Units are matched by ``obs_names`` and genes by ``var_names``. When no unit id is shared (the
+truth read from another format, the prediction at the same places under other names),
+:func:`match_by_position` renames the predictions after the truth unit whose centre lies within
+half a unit of theirs, in µm. The truth may hold raw counts (no ``uns["hexpress"]["normalization"]``): it is then normalised the way
 the prediction records (``log1p(counts / total * scale)``, totals over all of the truth's genes).
 """
 
@@ -21,6 +23,7 @@ from hexpress.eval.metrics import PCC_THRESHOLD, SectionMetrics, section_metrics
 
 __all__ = [
     "Aligned",
+    "match_by_position",
     "align",
     "check_match",
     "evaluate_anndata",
@@ -35,6 +38,81 @@ def normalization_of(adata: ad.AnnData) -> dict | None:
     """The normalisation an ``AnnData`` records (``uns["hexpress"]["normalization"]``), if any."""
     norm = adata.uns.get(K.UNS, {}).get(K.NORMALIZATION)
     return dict(norm) if norm else None
+
+
+def _centers_um(a: ad.AnnData, label: str, name: str) -> np.ndarray:
+    mpp = a.uns.get(K.UNS, {}).get("mpp")
+    if K.SPATIAL not in a.obsm or mpp is None:
+        raise DataMismatchError(
+            f"{name}: no unit id is shared with the truth, and the {label} lacks positions "
+            f"(obsm['spatial'] and uns['{K.UNS}']['mpp']) to match units by place."
+        )
+    return np.asarray(a.obsm[K.SPATIAL], dtype=np.float64)[:, :2] * float(mpp)
+
+
+def match_by_position(
+    truth: ad.AnnData, pred: ad.AnnData, *, name: str = "prediction"
+) -> ad.AnnData:
+    """``pred`` with its units renamed after the truth's, matched by position when no id is shared.
+
+    Each prediction takes the id of the nearest truth unit whose centre is within half that
+    unit's size (``obs["size_um"] / 2``; positions compared in µm, ``obsm["spatial"] *
+    uns["hexpress"]["mpp"]``, so the two may refer to different resolutions of one image). A
+    truth unit claimed by several predictions goes to the nearest; unmatched predictions keep
+    their ids (and so stay unmatched).
+
+    Returns:
+        ``pred`` itself when some unit id is shared, else a renamed copy with
+        ``obs["matched_by"] = "position"`` and the original id in ``obs["pred_id"]``.
+
+    Raises:
+        DataMismatchError: no shared id and no position or size to match on, or nothing within
+            half a unit.
+    """
+    if pd.Index(pred.obs_names).isin(truth.obs_names).any():
+        return pred
+    from scipy.spatial import cKDTree
+
+    t_xy, p_xy = _centers_um(truth, "truth", name), _centers_um(pred, "prediction", name)
+    if K.SIZE_UM in truth.obs:
+        half = 0.5 * truth.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
+    else:
+        half = np.full(truth.n_obs, np.nan)
+    if not np.isfinite(half).any():
+        raise DataMismatchError(
+            f"{name}: no unit id is shared with the truth and the truth has no unit sizes "
+            "(obs['size_um']) to match by position within half a unit."
+        )
+    half = np.where(np.isfinite(half), half, np.nanmedian(half))
+    dist, idx = cKDTree(t_xy).query(p_xy, k=1)
+    ok = dist <= half[idx]
+    order = np.argsort(dist)
+    taken: set[int] = set()
+    new_ids = np.asarray(pred.obs_names, dtype=object).copy()
+    for i in order:
+        if ok[i] and idx[i] not in taken:
+            taken.add(int(idx[i]))
+            new_ids[i] = truth.obs_names[idx[i]]
+        else:
+            ok[i] = False
+    if not ok.any():
+        raise DataMismatchError(
+            f"{name}: no unit id is shared with the truth and no predicted unit lies within half "
+            f"a unit of a truth unit (nearest {float(dist.min()):.3g} µm); are they on the same "
+            "slide and in the same frame?"
+        )
+    out = pred.copy()
+    out.obs["pred_id"] = np.asarray(pred.obs_names, dtype=str)
+    out.obs["matched_by"] = np.where(ok, "position", "none")
+    out.obs_names = pd.Index(new_ids.astype(str))
+    log.info(
+        "%s: no shared unit id; %d of %d predicted units matched to truth units by position "
+        "(within half a unit)",
+        name,
+        int(ok.sum()),
+        pred.n_obs,
+    )
+    return out
 
 
 def prepare_truth(

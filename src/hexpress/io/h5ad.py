@@ -31,8 +31,8 @@ from hexpress.data.sample import Sample, make_units
 from hexpress.errors import ConfigError, FormatError, InputFileError, UnitsError
 from hexpress.io._pixel_size import VISIUM_SCALEFACTOR_SPOT_UM
 from hexpress.io._tables import positive
-from hexpress.io.visium import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM
 from hexpress.io.image import ArrayImage, open_image
+from hexpress.io.visium import VISIUM_SPOT_DIAMETER_UM, VISIUM_SPOT_PITCH_UM
 
 __all__ = [
     "read_h5ad",
@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 HIRES_MAX_SIDE = 2000  # Space Ranger's tissue_hires_image.png
 LOWRES_MAX_SIDE = 600  # Space Ranger's tissue_lowres_image.png
 LIBRARY_KEY = "library_id"  # scanpy's concat(..., label="library_id") of several slides
-# unit centres in obs columns, x then y (HEST: pxl_col/row_in_fullres; DeepSpot: x/y_pixel)
-POSITION_COLUMNS = (("pxl_col_in_fullres", "pxl_row_in_fullres"), ("x_pixel", "y_pixel"))
+# unit centres in obs columns, (image x, image y): Space Ranger / HEST names, and the
+# SpaGCN / DeepSpot names, where ``x_pixel`` is the row (``pxl_row_in_fullres``) and ``y_pixel``
+# the column; on the HEST-style Xenium fixture only that reading puts cells on stained tissue
+POSITION_COLUMNS = (("pxl_col_in_fullres", "pxl_row_in_fullres"), ("y_pixel", "x_pixel"))
 
 
 def _plain(value):

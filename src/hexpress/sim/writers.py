@@ -240,7 +240,7 @@ def write_visium(slide: SimulatedSlide, root: Path, image: Path) -> dict:
     _write_10x(outs / "filtered_feature_bc_matrix.h5", counts[sel], [barcodes[i] for i in sel],
                slide.genes)  # fmt: skip
     scalef = _spatial_images(slide, spatial, image)
-    spot_px = B.VISIUM_DIAMETER_UM / slide.mpp
+    spot_px = 65.0 / slide.mpp  # Space Ranger: the px spanning a theoretical 65 µm spot
     write_json(
         spatial / "scalefactors_json.json",
         {
