@@ -80,11 +80,9 @@ def register(app: typer.Typer) -> None:
         """Score PRED against --truth: MSE, MAE, per-gene PCC (F/S/M quartiles), genes with
         PCC >= 0.30. Units are matched by obs_names and genes by var_names."""
         from hexpress.eval.genesets import evaluate_gene_sets, load_gene_sets
-        from hexpress.eval.matching import align, check_match, prepare_truth
+        from hexpress.eval.matching import align, check_match, match_by_position, prepare_truth
         from hexpress.eval.metrics import section_metrics
         from hexpress.eval.report import MethodResult, json_safe, markdown_table, results_table
-
-        from hexpress.eval.matching import match_by_position
         from hexpress.io.formats import read_sample
 
         p = _read(pred, "prediction")
