@@ -13,7 +13,7 @@ from hexpress import _keys as K
 from hexpress.errors import ConfigError, FormatError, InputFileError
 from hexpress.io import read_h5ad, read_visium, read_visium_hd, read_xenium, write_h5ad, write_tiff
 from hexpress.io.tenx_h5 import write_10x_h5
-from hexpress.io.xenium import read_alignment, read_transcripts
+from hexpress.io import xenium as xen
 
 
 # -- Visium --------------------------------------------------------------------------------------
@@ -199,7 +199,7 @@ def test_xenium_explorer_keypoints_csv(xenium, tmp_path):
         {"fixedX": xen_px[:, 0] * pixel, "fixedY": xen_px[:, 1] * pixel,
          "alignmentX": he[:, 0], "alignmentY": he[:, 1]}
     ).to_csv(tmp_path / "keypoints.csv", index=False)  # fmt: skip
-    np.testing.assert_allclose(read_alignment(tmp_path / "keypoints.csv", pixel), M, atol=1e-9)
+    np.testing.assert_allclose(xen.read_alignment(tmp_path / "keypoints.csv", pixel), M, atol=1e-9)
     s = read_xenium(xenium.root, image=xenium.root / "he.png", alignment=tmp_path / "keypoints.csv")
     ref = read_xenium(
         xenium.root, image=xenium.root / "he.png", alignment=xenium.root / "alignment.csv"
@@ -208,7 +208,7 @@ def test_xenium_explorer_keypoints_csv(xenium, tmp_path):
     pd.DataFrame({"fixedX": [1, 2], "fixedY": [1, 2], "alignmentX": [1, 2],
                   "alignmentY": [1, 2]}).to_csv(tmp_path / "few.csv", index=False)  # fmt: skip
     with pytest.raises(FormatError, match="at least 3"):
-        read_alignment(tmp_path / "few.csv")
+        xen.read_alignment(tmp_path / "few.csv")
 
 
 def test_transcripts_read_in_batches_with_only_the_needed_columns(xenium, monkeypatch):
@@ -226,8 +226,10 @@ def test_transcripts_read_in_batches_with_only_the_needed_columns(xenium, monkey
         return real(self, *a, **k)
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
-    whole, _ = read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
-    small, stats = read_transcripts(xenium.root / "transcripts.parquet", min_qv=20, batch_rows=3)
+    whole, _ = xen.read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
+    small, stats = xen.read_transcripts(
+        xenium.root / "transcripts.parquet", min_qv=20, batch_rows=3
+    )
     assert asked[-1] == (3, ("feature_name", "x_location", "y_location", "qv"))
     pd.testing.assert_frame_equal(whole, small)
     assert stats == {"n_read": 10, "n_control": 2, "n_low_qv": 1}
@@ -242,11 +244,11 @@ def test_is_gene_and_codeword_category_decide_what_counts(xenium):
     )  # fmt: skip
     tx.loc[0, "codeword_category"] = "genomic_control"
     tx.to_parquet(xenium.root / "transcripts.parquet", index=False)
-    cat, _ = read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
+    cat, _ = xen.read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
     tx["is_gene"] = tx["codeword_category"].isin(["predesigned_gene", "custom_gene"])
     tx.loc[1, "is_gene"] = False  # is_gene wins where both are there
     tx.to_parquet(xenium.root / "transcripts.parquet", index=False)
-    gene, _ = read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
+    gene, _ = xen.read_transcripts(xenium.root / "transcripts.parquet", min_qv=20)
     assert len(cat) == 6 and len(gene) == 5  # 10 - 2 controls - 1 low qv - 1 (- 1)
 
 
