@@ -32,6 +32,12 @@ def visium_fixtures_dir() -> Path:
     return _shared("visium_fixtures")
 
 
+@pytest.fixture(scope="session")
+def real_fixtures_dir() -> Path:
+    """Tiny real Visium HD, Visium and HEST-style Xenium outputs (see its README)."""
+    return _shared("real_fixtures")
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -61,7 +61,11 @@ def test_info_visium_text_and_json(tmp_path, runner):
     r = _run(runner, t.root, "--format", "visium", "--json")
     assert r.exit_code == 0, r.output
     d = _json(r)
-    assert d["n_spots"] == 12 and d["spot_size_um"] == 55.0 and d["mpp"] == pytest.approx(2.0, rel=1e-3)
+    assert (
+        d["n_spots"] == 12
+        and d["spot_size_um"] == 55.0
+        and d["mpp"] == pytest.approx(2.0, rel=1e-3)
+    )
     r = _run(runner, t.root, "--format", "visium")
     assert "n_spots" in r.stdout and "12" in r.stdout
 

@@ -94,10 +94,16 @@ def positive(value, name: str, source: Path | str) -> float | None:
     return v
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
 def _open_text(path: Path):
+    """A text file, gzip or not whatever its name says (some ``.tsv.gz`` are plain text)."""
     import gzip
 
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+    return gzip.open(path, "rt") if _is_gzip(path) else open(path)
 
 
 def read_mtx_folder(folder: Path) -> TenxMatrix:
@@ -115,8 +121,10 @@ def read_mtx_folder(folder: Path) -> TenxMatrix:
         layout,
     )
     mtx_path = find_file(folder, ["matrix.mtx.gz", "matrix.mtx"], "Matrix Market file", layout)
-    barcodes = pd.read_csv(bc_path, sep="\t", header=None, dtype=str)[0].tolist()
-    feats = pd.read_csv(ft_path, sep="\t", header=None, dtype=str)
+    with _open_text(bc_path) as f:
+        barcodes = pd.read_csv(f, sep="\t", header=None, dtype=str)[0].tolist()
+    with _open_text(ft_path) as f:
+        feats = pd.read_csv(f, sep="\t", header=None, dtype=str)
     ids = feats[0].tolist()
     names = feats[1].tolist() if feats.shape[1] > 1 else list(ids)
     types = feats[2].tolist() if feats.shape[1] > 2 else [GENE_EXPRESSION] * len(ids)
