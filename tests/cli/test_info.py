@@ -1,14 +1,9 @@
 import json
 
+import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from hexpress.cli import app
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
 
 
 def _run(runner, *args):
@@ -45,19 +40,8 @@ def test_info_missing_section_lists_them(her2st_dir):
     assert "error:" in p.stderr and "A1, C2, C3, C4, C5, C6" in p.stderr
 
 
-def test_info_visium_text_and_json(tmp_path, runner):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    # the io tests' folder builders, loaded under their own name (every conftest is "conftest")
-    spec = importlib.util.spec_from_file_location(
-        "io_builders", Path(__file__).parents[1] / "io" / "conftest.py"
-    )
-    builders = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("io_builders", builders)  # dataclasses look their module up
-    spec.loader.exec_module(builders)
-    t = builders.make_visium(tmp_path / "run")
+def test_info_visium_text_and_json(tmp_path, runner, io_builders):
+    t = io_builders.make_visium(tmp_path / "run")
     r = _run(runner, t.root, "--format", "visium", "--json")
     assert r.exit_code == 0, r.output
     d = _json(r)
@@ -76,3 +60,72 @@ def test_info_unknown_format(runner, tmp_path):
     r = _run(runner, tmp_path, "--format", "nope")
     assert isinstance(r.exception, ConfigError)
     assert "valid formats: legacy-st, visium" in str(r.exception)
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("rel", "mpp"),
+    [
+        ("visium_fixtures/spaceranger_1.0_human_heart", 16.15),
+        ("visium_fixtures/spaceranger_mtx_mouse_brain", 14.24),
+        ("real_fixtures/visium_mouse_brain_mini", 16.15),
+    ],
+)
+def test_info_real_visium_pixel_size_and_spot_size(runner, real_fixtures_dir, rel, mpp):
+    r = _run(runner, real_fixtures_dir.parent / rel, "--format", "visium", "--json")
+    assert r.exit_code == 0, r.output
+    d = _json(r)
+    assert d["mpp"] == pytest.approx(mpp, rel=0.01)  # the lowres PNG
+    assert d["mpp_fullres"] == pytest.approx(0.7268, rel=0.01) and d["spot_size_um"] == 55.0
+    assert "100 µm Visium spot pitch" in d["mpp_source"]
+
+
+@pytest.mark.realdata
+def test_info_real_visium_hd_2um(runner, real_fixtures_dir):
+    path = real_fixtures_dir / "visium_hd_mouse_brain_mini" / "binned_outputs"
+    d = _json(_run(runner, path, "--format", "visium-hd", "--bin-um", "2", "--json"))
+    assert d["mpp_fullres"] == pytest.approx(0.2738, abs=1e-4) and d["spot_size_um"] == 2.0
+    assert d["geometry"] == "square"
+
+
+def test_info_xenium_bundle_without_image(runner, tmp_path, io_builders):
+    from PIL import Image
+
+    from hexpress.io import write_tiff
+
+    t = io_builders.make_xenium(tmp_path / "xen")
+    he = np.asarray(Image.open(t.root / "he.png").convert("RGB"))
+    write_tiff(t.root / "run_he_image.ome.tif", he, mpp=0.5)
+    (t.root / "alignment.csv").rename(t.root / "run_he_imagealignment.csv")
+    r = _run(runner, t.root, "--format", "xenium", "--json")
+    assert r.exit_code == 0, r.output
+    d = _json(r)
+    assert d["n_spots"] == 3 and d["image"].endswith("run_he_image.ome.tif") and d["mpp"] == 0.5
+
+
+def test_info_reads_a_prediction_h5ad(runner, tmp_path, io_builders):
+    """What ``hexpress predict`` writes: normalised values (NaN where uncovered), the slide's
+    mpp in uns['hexpress'], scanpy's uns['spatial'] thumbnails."""
+    import anndata as ad
+
+    from hexpress.io import read_visium
+    from hexpress.io.h5ad import spatial_uns
+
+    s = read_visium(io_builders.make_visium(tmp_path / "run").root)
+    X = np.log1p(s.adata.X.toarray()).astype(np.float32)
+    X[0] = np.nan
+    a = ad.AnnData(X=X, obs=s.adata.obs[["geometry", "size_um"]].copy(), var=s.adata.var[[]])
+    a.obsm["spatial"] = s.adata.obsm["spatial"]
+    a.uns["hexpress"] = {
+        "mpp": s.image.mpp,
+        "image_path": "",
+        "normalization": {"method": "log1p_total", "scale": 10000.0},
+        "model": "tiny",
+    }
+    a.uns["spatial"] = spatial_uns(s.image, a.obs["size_um"], "slide")
+    a.write_h5ad(tmp_path / "spots.h5ad")
+    r = _run(runner, tmp_path / "spots.h5ad", "--format", "h5ad", "--json")
+    assert r.exit_code == 0, r.output
+    d = _json(r)
+    assert d["mpp_fullres"] == pytest.approx(s.image.mpp) and d["n_spots"] == 12
+    assert d["spot_size_um"] == 55.0 and d["normalization"]["scale"] == 10000.0

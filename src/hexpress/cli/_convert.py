@@ -41,11 +41,13 @@ def convert(
     raw counts in X, centres in obsm['spatial'] (full-resolution px of the image), hires and
     lowres images with their scale factors in uns['spatial'], the unit geometry and size in µm
     in obs, the pixel size and its source in uns['hexpress']."""
-    from hexpress.errors import ConfigError
+    from hexpress.errors import ConfigError, OutputExistsError
     from hexpress.io.h5ad import write_h5ad
 
     if out.suffix != ".h5ad":
         raise ConfigError(f"--out must name an .h5ad file, got {out}.")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass --overwrite to replace it.")
     sample = read_input(
         path,
         format,
