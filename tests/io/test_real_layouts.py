@@ -180,6 +180,26 @@ def test_sr4_segmented_cells_are_polygon_units_the_model_accepts(tmp_path):
     assert read_visium_hd(tmp_path / "run" / "outs" / "segmented_outputs").n_units == 3
 
 
+def test_sr4_cells_go_through_train_predict_and_evaluate(tmp_path):
+    from hexpress.eval.matching import match_by_position
+    from hexpress.infer.units import read_cells
+    from hexpress.train.data import _unit_set
+
+    barcodes, _, polys = _make_segmented(tmp_path / "run")
+    s = read_visium_hd(tmp_path / "run" / "outs", pool="cells")
+    units = _unit_set(s, ["A", "B"], 1e4, "cells", 1.0)  # what training builds per slide
+    assert units.kind == "polygon"
+    np.testing.assert_allclose(units.polygons_um[1], polys[1] * 0.25)  # full-res px x 0.25 µm
+    # predict --cells reads the same GeoJSON on the full-resolution slide (its own ids) ...
+    cells = read_cells(tmp_path / "run/outs/segmented_outputs/cell_segmentations.geojson", mpp=0.25)
+    pred = ad.AnnData(X=np.zeros((3, 3), np.float32))
+    pred.obs_names = [str(i) for i in cells.get_ids()]
+    pred.obsm["spatial"] = cells.centers_px
+    pred.uns["hexpress"] = {"mpp": 0.25}
+    # ... and evaluate pairs them with the measured cells by position (truth on the hires PNG)
+    assert list(match_by_position(s.adata, pred).obs_names) == barcodes
+
+
 def test_sr4_cells_without_polygons_are_named(tmp_path):
     _make_segmented(tmp_path / "run")
     seg = tmp_path / "run" / "outs" / "segmented_outputs"
