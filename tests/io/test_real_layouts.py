@@ -295,3 +295,30 @@ def test_xenium_without_any_he_says_how_to_give_it(xenium):
 def test_units_record_their_geometry_keys(visium_v2):
     a = read_visium(visium_v2.root).adata
     assert {K.GEOMETRY, K.SIZE_UM} <= set(a.obs.columns)
+
+
+def test_xenium_cells_as_polygons_on_the_he(xenium):
+    from hexpress.models.aggregate import Footprints
+
+    t = np.linspace(0, 2 * np.pi, 9)[:-1]
+    rows = []
+    for cid, (x, y) in zip(xenium.barcodes, xenium.xy_fullres, strict=True):
+        for k, a in enumerate(np.append(t, t[0])):  # Xenium repeats the first vertex last
+            rows.append(
+                {"cell_id": cid, "vertex_x": x + 4 * np.cos(a), "vertex_y": y + 4 * np.sin(a)}
+            )
+    pd.DataFrame(rows).to_parquet(xenium.root / "cell_boundaries.parquet", index=False)
+    s = read_xenium(
+        xenium.root, image=xenium.root / "he.png", alignment=xenium.root / "alignment.csv",
+        cell_shape="polygon",
+    )  # fmt: skip
+    a = s.adata
+    assert (a.obs["geometry"] == "polygon").all()
+    poly = a.uns["hexpress"]["polygons"][0]
+    M, pixel = xenium.extra["M"], xenium.extra["pixel"]
+    first_um = np.array([xenium.xy_fullres[0, 0] + 4, xenium.xy_fullres[0, 1]])
+    inv = np.linalg.inv(M)
+    expect = first_um / pixel @ inv[:2, :2].T + inv[:2, 2]
+    assert poly.shape == (8, 2)
+    np.testing.assert_allclose(poly[0], expect)
+    assert Footprints.from_adata(a, model_mpp=1.0).kind == "polygon"

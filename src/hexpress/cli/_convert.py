@@ -9,6 +9,7 @@ import typer
 from hexpress.cli._info import (
     ALIGNMENT_OPT,
     BIN_OPT,
+    CELL_SHAPE_OPT,
     FORMAT_OPT,
     IMAGE_OPT,
     LAYER_OPT,
@@ -35,6 +36,7 @@ def convert(
     pool: str | None = POOL_OPT,
     size_um: float | None = SIZE_OPT,
     layer: str | None = LAYER_OPT,
+    cell_shape: str | None = CELL_SHAPE_OPT,
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing file."),
 ) -> None:
     """Read PATH in --format and write it as an .h5ad scanpy and squidpy open as they are:
@@ -59,6 +61,7 @@ def convert(
         pool=pool,
         size_um=size_um,
         layer=layer,
+        cell_shape=cell_shape,
     )
     hx = sample.adata.uns.setdefault("hexpress", {})
     for key in ("mpp_source", "image_kind", "image_scale_from_fullres"):

@@ -40,9 +40,14 @@ POOL_OPT = typer.Option(
 )
 SIZE_OPT = typer.Option(None, "--size-um", help="Xenium: square side / disc diameter in µm.")
 LAYER_OPT = typer.Option(None, "--layer", help="h5ad: the layer holding raw counts.")
+CELL_SHAPE_OPT = typer.Option(
+    None, "--cell-shape", help="Xenium cells: 'disc' (area-equivalent) or 'polygon' (boundaries)."
+)
 
 
-def read_input(path, format, *, section, mpp, image, bin_um, alignment, pool, size_um, layer):
+def read_input(
+    path, format, *, section, mpp, image, bin_um, alignment, pool, size_um, layer, cell_shape=None
+):
     """The sample the shared reader options describe (see :func:`hexpress.io.read_sample`)."""
     extra = {
         "bin_um": bin_um,
@@ -50,6 +55,7 @@ def read_input(path, format, *, section, mpp, image, bin_um, alignment, pool, si
         "pool": pool,
         "size_um": size_um,
         "layer": layer,
+        "cell_shape": cell_shape,
     }
     return read_sample(path, format, section=section, mpp=mpp, image=image, **extra)
 
@@ -65,6 +71,7 @@ def info(
     pool: str | None = POOL_OPT,
     size_um: float | None = SIZE_OPT,
     layer: str | None = LAYER_OPT,
+    cell_shape: str | None = CELL_SHAPE_OPT,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Print a sample's summary: technology, section, spots, genes, image size, mpp, spot size
@@ -80,6 +87,7 @@ def info(
         pool=pool,
         size_um=size_um,
         layer=layer,
+        cell_shape=cell_shape,
     )
     summary = sample.summary()
     for key in ("mpp_fullres", "mpp_source"):

@@ -78,6 +78,8 @@ __all__ = [
     "xenium_to_image_px",
     "XENIUM_PIXEL_SIZE_UM",
     "CONTROL_PREFIXES",
+    "CELL_SHAPES",
+    "read_cell_boundaries",
     "POOLS",
 ]
 
@@ -93,6 +95,7 @@ CONTROL_PREFIXES = (
     "Intergenic",
 )
 POOLS = ("cells", "square", "disc")
+CELL_SHAPES = ("disc", "polygon")
 
 LAYOUT = """  cells.parquet  (cell_id, x_centroid, y_centroid in µm, cell_area in µm²)
   cell_feature_matrix.h5
@@ -259,6 +262,28 @@ def _need(df: pd.DataFrame, cols, path: Path) -> None:
 
 def _is_control(names: pd.Series) -> np.ndarray:
     return names.astype(str).str.startswith(CONTROL_PREFIXES).to_numpy()
+
+
+def read_cell_boundaries(path: Path, cell_ids: list[str]) -> list[np.ndarray]:
+    """One ``(k, 2)`` array of vertices (µm, x then y) per cell of ``cell_ids``, in that order.
+
+    A closing vertex equal to the first is dropped (the vertex table is parsed by
+    :func:`hexpress.infer.units.read_cells`, as ``predict --cells`` does).
+
+    Raises:
+        DataMismatchError: a cell has no boundary.
+    """
+    from hexpress.infer.units import read_cells
+
+    cells = read_cells(path, mpp=1.0)  # vertex_x / vertex_y over 1 µm per px: µm
+    rings = dict(zip((str(i) for i in cells.get_ids()), cells.polygons, strict=True))
+    missing = [c for c in cell_ids if c not in rings]
+    if missing:
+        raise DataMismatchError(
+            f"{len(missing)} of {len(cell_ids)} cells have no boundary in {path} (e.g. "
+            f"{', '.join(missing[:3])})."
+        )
+    return [rings[c] for c in cell_ids]
 
 
 def _polygon_areas(path: Path) -> pd.Series:
@@ -443,6 +468,7 @@ def read_xenium(
     pitch_um: float | None = None,
     mpp: float | None = None,
     min_qv: float = 20.0,
+    cell_shape: str = "disc",
     sample_id: str | None = None,
     patient_id: str | None = None,
 ) -> Sample:
@@ -463,6 +489,8 @@ def read_xenium(
         mpp: µm per pixel of the H&E image; default the file's value, else derived from the
             alignment's scale (``pixel_size * sqrt(|det M|)``).
         min_qv: transcripts below this quality are dropped when pooling transcripts.
+        cell_shape: for ``pool="cells"``: ``"disc"`` (area-equivalent diameter) or
+            ``"polygon"`` (the boundaries of ``cell_boundaries.parquet``, mapped onto the H&E).
         sample_id: default the folder name.
         patient_id: default ``sample_id``.
 
@@ -472,6 +500,8 @@ def read_xenium(
     root = require_dir(path, "Xenium output folder", LAYOUT)
     if pool not in POOLS:
         raise ConfigError(f"pool must be one of {POOLS}, got {pool!r}.")
+    if cell_shape not in CELL_SHAPES:
+        raise ConfigError(f"cell_shape must be one of {CELL_SHAPES}, got {cell_shape!r}.")
     if pool != "cells":
         if size_um is None:
             raise UnitsError(f"pool={pool!r} needs size_um (square side / disc diameter in µm).")
@@ -557,6 +587,15 @@ def read_xenium(
         xy_um = c[["x_centroid", "y_centroid"]].to_numpy(float)
         counts, unit_ids, genes = tenx.counts, list(ids), tenx.genes
         geometry, sizes = K.DISC, diam
+        if cell_shape == "polygon":
+            geometry = K.POLYGON
+            b_path = find_file(
+                root,
+                ["cell_boundaries.parquet", "cell_boundaries.csv.gz"],
+                "Cell boundaries",
+                LAYOUT,
+            )
+            polygons_um = read_cell_boundaries(b_path, list(ids))
         obs = pd.DataFrame({"x_um": xy_um[:, 0], "y_um": xy_um[:, 1]})
         source = h5
         filt = {"features": "gene expression features of cell_feature_matrix.h5 (Q20)"}
@@ -593,6 +632,9 @@ def read_xenium(
         geom_src = "grid"
         filt = {"min_qv": float(min_qv), "dropped_prefixes": list(CONTROL_PREFIXES)}
     centers = xenium_to_image_px(xy_um, M, pixel_size, slide.mpp)
+    polygons_px = None
+    if pool == "cells" and cell_shape == "polygon":
+        polygons_px = [xenium_to_image_px(p, M, pixel_size, slide.mpp) for p in polygons_um]
     adata = make_units(
         counts,
         genes=genes,
@@ -604,6 +646,8 @@ def read_xenium(
         image=slide,
         obs=obs,
     )
+    if polygons_px is not None:
+        adata.uns[K.UNS] = {"polygons": polygons_px}
     sample_id = sample_id or root.name
     log.info("Xenium %s: %d %s x %d genes on %s", sample_id, adata.n_obs, pool, adata.n_vars, slide)
     return Sample(
@@ -623,6 +667,7 @@ def read_xenium(
             "alignment": None if M is None else M.tolist(),
             "mpp_source": mpp_source,
             "cell_size_from": geom_src,
+            "cell_shape": cell_shape if pool == "cells" else None,
             "filters": filt,
         },
     )
