@@ -12,8 +12,8 @@ import scipy.sparse as sp
 from hexpress import _keys as K
 from hexpress.errors import ConfigError, FormatError, InputFileError
 from hexpress.io import read_h5ad, read_visium, read_visium_hd, read_xenium, write_h5ad, write_tiff
-from hexpress.io.tenx_h5 import write_10x_h5
 from hexpress.io import xenium as xen
+from hexpress.io.tenx_h5 import write_10x_h5
 
 
 # -- Visium --------------------------------------------------------------------------------------
@@ -303,7 +303,7 @@ def test_xenium_cells_as_polygons_on_the_he(xenium):
     t = np.linspace(0, 2 * np.pi, 9)[:-1]
     rows = []
     for cid, (x, y) in zip(xenium.barcodes, xenium.xy_fullres, strict=True):
-        for k, a in enumerate(np.append(t, t[0])):  # Xenium repeats the first vertex last
+        for a in np.append(t, t[0]):  # Xenium repeats the first vertex last
             rows.append(
                 {"cell_id": cid, "vertex_x": x + 4 * np.cos(a), "vertex_y": y + 4 * np.sin(a)}
             )
