@@ -27,6 +27,7 @@ _LAZY = {
     "read_visium_hd": "hexpress.io.visium_hd",
     "read_alignment": "hexpress.io.xenium",
     "read_xenium": "hexpress.io.xenium",
+    "write_spatialdata": "hexpress.io.spatialdata",
 }
 
 
@@ -60,4 +61,5 @@ __all__ = [
     "TenxMatrix",
     "read_10x_h5",
     "write_10x_h5",
+    "write_spatialdata",
 ]
