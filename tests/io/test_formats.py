@@ -25,3 +25,11 @@ def test_read_sample_dispatches_by_name(visium_v2, visium_hd, legacy):
 def test_legacy_with_several_sections_needs_one(her2st_dir):
     with pytest.raises(ConfigError, match="A1, C2, C3, C4, C5, C6"):
         read_sample(her2st_dir, "legacy-st")
+
+
+def test_an_option_of_another_format_is_named(visium_v2):
+    from hexpress.errors import ConfigError
+    from hexpress.io import read_sample
+
+    with pytest.raises(ConfigError, match=r"cell_shape do not apply to format 'visium'"):
+        read_sample(visium_v2.root, "visium", cell_shape="polygon")

@@ -6,6 +6,7 @@ themselves (:func:`read_legacy_st`, :func:`read_visium`, ...) are the Python API
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def _with_id(reader: Callable[..., Sample]) -> Callable[..., Sample]:
         return reader(path, mpp=mpp, image=image, **kw)
 
     read.__doc__ = reader.__doc__
+    read.__wrapped__ = reader
     return read
 
 
@@ -87,4 +89,13 @@ def read_sample(
     """
     reader = READERS[check_format(format)]
     kw = {k: v for k, v in kw.items() if v is not None}
+    target = {"legacy-st": read_legacy_st, "h5ad": read_h5ad}.get(format)
+    target = target or getattr(reader, "__wrapped__", reader)
+    accepted = set(inspect.signature(target).parameters)
+    unknown = sorted(k for k in kw if k not in accepted)
+    if unknown:
+        raise ConfigError(
+            f"Option(s) {', '.join(unknown)} do not apply to format {format!r}; it takes "
+            f"{', '.join(p for p in sorted(accepted) if p not in ('path', 'root', 'outs'))}."
+        )
     return reader(Path(path), section=section, mpp=mpp, image=image, **kw)
