@@ -78,7 +78,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     ) -> None:
         """Score PRED against --truth: MSE, MAE, per-gene PCC (F/S/M quartiles), genes with
-        PCC >= 0.30. Units are matched by obs_names and genes by var_names."""
+        PCC >= 0.30. Units are matched by obs_names (else by position, within half a unit)
+        and genes by var_names."""
         from hexpress.eval.genesets import evaluate_gene_sets, load_gene_sets
         from hexpress.eval.matching import align, check_match, match_by_position, prepare_truth
         from hexpress.eval.metrics import section_metrics
