@@ -72,7 +72,8 @@ def test_bench_end_to_end_and_resume(slides, tmp_path):
     cfg = load_bench_config(_config(slides, out))
     result = run_bench(cfg)
     table = pd.read_csv(out / "results.csv")
-    assert list(table["method"]) == ["PixNet tiny", "Training mean"]
+    assert list(table["method"]) == ["PixNet tiny", "Training mean", "ceiling (neighbours)"]
+    assert list(table["is_method"]) == [True, True, False]
     for col in ("MSE", "MAE", "PCC@F", "PCC@S", "PCC@M", "n_genes_PCC>=0.30", "train_time_s",
                 "predict_time_s"):  # fmt: skip
         assert col in table.columns
@@ -90,7 +91,12 @@ def test_bench_end_to_end_and_resume(slides, tmp_path):
     bins = cross[cross["scale"] == "bin_16um"]
     assert (bins["n_units"] == 150).all()
     assert sorted(cross["scale_um"].unique()) == [16.0, 55.0, 100.0]
-    assert result.table.shape[0] == 2
+    assert result.table.shape[0] == 3
+    # the ceiling: the test section's units predicted from their measured neighbours, scored on
+    # the same units and genes as the methods
+    ceiling = table[table["method"] == "ceiling (neighbours)"].iloc[0]
+    assert ceiling["n_units"] == table.iloc[0]["n_units"] and 0 < ceiling["PCC@M"] <= 1
+    assert pd.isna(ceiling["train_time_s"])
 
     # finished: refused without --overwrite
     with pytest.raises(OutputExistsError, match="overwrite"):
@@ -115,7 +121,10 @@ def test_bench_two_folds_writes_fold_reports(slides, tmp_path):
     ]
     run_bench(load_bench_config(cfg))
     table = pd.read_csv(out / "results.csv")
-    assert list(table["fold"]) == ["a", "b", "all folds"]
+    assert list(table["fold"]) == ["a", "a", "b", "b", "all folds", "all folds"]
+    over = table[table["fold"] == "all folds"].set_index("method")
+    assert not over.loc["ceiling (neighbours)", "is_method"]
+    assert over.loc["ceiling (neighbours)", "n_sections"] == 2
     assert (out / "a" / "report.html").is_file() and (out / "b" / "report.html").is_file()
     page = (out / "report.html").read_text()
     assert 'href="a/report.html"' in page and "all folds" in page

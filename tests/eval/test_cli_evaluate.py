@@ -79,3 +79,19 @@ def test_evaluate_errors(files, tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "none.h5ad"), "--truth", str(truth)])
     assert isinstance(res.exception, InputFileError)
     assert "none.h5ad" in str(res.exception)
+
+
+def test_evaluate_ceiling_on_the_scored_units(files):
+    from hexpress.eval.ceiling import ceiling_metrics
+
+    truth, pred, norm, _ = files
+    res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--json",
+                                   "--ceiling"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    # every truth unit is a neighbour; only the 54 predicted ones are scored
+    ref, _ = ceiling_metrics(norm, units=list(norm.obs_names[10:]))
+    assert doc["ceiling"]["n_units"] == 54
+    assert doc["ceiling"]["PCC@M"] == pytest.approx(ref.summary()["PCC@M"], abs=1e-6)
+    text = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--ceiling"])
+    assert "| ceiling (neighbours) |" in text.output and "not a method" in text.output

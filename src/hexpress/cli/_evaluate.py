@@ -76,6 +76,12 @@ def register(app: typer.Typer) -> None:
             False, "--strict", help="Fail unless units and genes match exactly."
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
+        ceiling: bool = typer.Option(
+            False,
+            "--ceiling",
+            help="Also score the neighbour ceiling (truth with positions): "
+            "each unit predicted from its measured neighbours; a reference, not a method.",
+        ),
     ) -> None:
         """Score PRED against --truth: MSE, MAE, per-gene PCC (F/S/M quartiles), genes with
         PCC >= 0.30. Units are matched by obs_names (else by position, within half a unit)
@@ -99,6 +105,15 @@ def register(app: typer.Typer) -> None:
         m = section_metrics(a.truth, a.pred, a.genes, section=section, threshold=threshold)
         summary = m.summary()
         set_table = evaluate_gene_sets(m, sets, threshold=threshold) if sets else None
+        ceil = None
+        if ceiling:
+            from hexpress.eval.ceiling import CEILING_NAME, ceiling_metrics
+
+            ceil = MethodResult(
+                CEILING_NAME,
+                [ceiling_metrics(norm_truth, a.genes, units=a.unit_ids, section=section,
+                                 threshold=threshold)[0]],
+            )  # fmt: skip
         if as_json:
             doc = {
                 "method": name,
@@ -109,6 +124,7 @@ def register(app: typer.Typer) -> None:
                 "normalization": note,
                 "metrics": summary,
                 "undefined_genes": m.undefined_genes,
+                "ceiling": None if ceil is None else ceil.sections[0].summary(),
                 "gene_sets": None if set_table is None else set_table.to_dict(orient="records"),
             }
             typer.echo(json.dumps(json_safe(doc), indent=1))
@@ -117,6 +133,9 @@ def register(app: typer.Typer) -> None:
             typer.echo(note)
             result = MethodResult(name, [m])
             typer.echo(markdown_table(results_table([result])))
+            if ceil is not None:
+                typer.echo("Reference, not a method (units predicted from measured neighbours):")
+                typer.echo(markdown_table(results_table([ceil])))
             if set_table is not None:
                 typer.echo(markdown_table(set_table))
         if out is not None:
@@ -143,7 +162,15 @@ def register(app: typer.Typer) -> None:
                 truths={section: truth_units} if has_pos else None,
                 images={section: image} if image is not None else None,
                 gene_sets=sets or None,
-                notes=[a.describe(), note],
+                notes=[a.describe(), note]
+                + (
+                    []
+                    if ceil is None
+                    else [
+                        f"{ceil.method} (a reference, not a method): PCC@M "
+                        f"{ceil.sections[0].summary()['PCC@M']:.3f}"
+                    ]
+                ),
                 overwrite=overwrite,
             )
             typer.echo(f"report: {written['report.html']}", err=as_json)

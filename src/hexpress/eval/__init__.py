@@ -1,5 +1,6 @@
 """Evaluation: metrics, gene sets, Moran's I, cross-scale tables, figures and reports."""
 
+from hexpress.eval.ceiling import ceiling_metrics, neighbour_predictions
 from hexpress.eval.crossscale import cross_scale_metrics, cross_scale_table, unit_scale
 from hexpress.eval.genesets import (
     evaluate_gene_sets,
@@ -33,6 +34,7 @@ __all__ = [
     "SectionMetrics",
     "aggregate",
     "align",
+    "ceiling_metrics",
     "count_column",
     "cross_scale_metrics",
     "cross_scale_table",
@@ -41,6 +43,7 @@ __all__ = [
     "heg_genes",
     "load_gene_sets",
     "morans_i",
+    "neighbour_predictions",
     "pearson_per_gene",
     "predictability",
     "prepare_truth",

@@ -32,7 +32,9 @@ only what is missing. ``out_dir`` then holds:
 
 ==========================  =============================================================
 ``bench.yaml``              the resolved benchmark config
-``results.csv`` / ``.md``   one row per fold and method, and per method over all folds
+``results.csv`` / ``.md``   one row per fold and method, and per method over all folds; the
+                            neighbour ceiling (:mod:`hexpress.eval.ceiling`) is a row with
+                            ``is_method`` false: a reference, never a method to beat
 ``cross_scale.csv`` / .md   one row per method and scale (when ``cross_scale`` is given)
 ``<fold>/``                 that fold's report (:func:`hexpress.eval.report.write_report`)
 ``report.html``             the combined table and links to the fold reports (one fold: the
@@ -170,6 +172,8 @@ class ReportConfig:
         gene_sets: gene set files (``.gmt`` or one gene per line) summarised per method.
         n_heg, n_hvg: sizes of the HEG / HVG sets chosen on the training sections (0: none).
         aggregation: how sections combine into one row (``mean``, ``pooled``, ``gene_mean``).
+        ceiling: add the neighbour ceiling of the held-out sections (:mod:`hexpress.eval.ceiling`)
+            as a row with ``is_method`` false: a reference, never a method to beat.
     """
 
     title: str | None = None
@@ -178,6 +182,7 @@ class ReportConfig:
     n_heg: int = 50
     n_hvg: int = 50
     aggregation: str = "mean"
+    ceiling: bool = True
 
 
 @dataclass
@@ -481,7 +486,7 @@ def run_bench(
     all_sections: dict[str, list] = {m.name: [] for m in config.methods}
     fold_reports: dict[str, Path] = {}
     for fold in config.folds:
-        results, truths, images, fold_cfg = [], {}, {}, {}
+        results, truths, images, fold_cfg, scored = [], {}, {}, {}, {}
         test_genes = None
         for method in config.methods:
             run_dir = out / "runs" / _slug(fold.name) / _slug(method.name)
@@ -508,6 +513,7 @@ def run_bench(
                 if sid not in truths:
                     truths[sid], _ = prepare_truth(sample.adata, pred, name=f"{sid} truth")
                     images[sid] = sample.image
+                    scored[sid] = pred.obs_names
             result = MethodResult(
                 method.name, sections, train_time_s=train_s, predict_time_s=predict_s,
                 predictions=preds_shown, config=config_to_dict(cfg),
@@ -537,6 +543,7 @@ def run_bench(
                     n_hvg=config.report.n_hvg,
                 )  # fmt: skip
             )
+        ceiling = _ceiling(truths, scored, test_genes) if config.report.ceiling else None
         fold_dir = out if len(config.folds) == 1 else out / _slug(fold.name)
         say(f"[{fold.name}] writing the report in {fold_dir}")
         written = write_report(
@@ -548,13 +555,18 @@ def run_bench(
             truths=truths, images=images, map_genes=config.report.map_genes or None,
             gene_sets=gene_sets, aggregation=config.report.aggregation,
             notes=[f"Fold {fold.name}: trained on {', '.join(train_ids)}; tested on "
-                   f"{', '.join(truths)}. Genes chosen on the training sections only."],
+                   f"{', '.join(truths)}. Genes chosen on the training sections only.",
+                   *([] if ceiling is None else [_ceiling_note(ceiling, config)])],
             overwrite=True,
         )  # fmt: skip
         fold_reports[fold.name] = written.get("report.html", fold_dir / "report.html")
         for r in results:
             row = r.summary(config.report.aggregation)
-            rows.append({"fold": fold.name, **row})
+            rows.append({"fold": fold.name, **row, "is_method": True})
+        if ceiling is not None:
+            row = ceiling.summary(config.report.aggregation)
+            rows.append({"fold": fold.name, **row, "is_method": False})
+            all_sections.setdefault(ceiling.method, []).extend(ceiling.sections)
 
     table = pd.DataFrame(rows)
     if len(config.folds) > 1:
@@ -573,6 +585,27 @@ def run_bench(
     else:
         files["report.html"] = out / "report.html"
     return BenchResult(table=table, cross_scale=cross, files=files, out_dir=out)
+
+
+def _ceiling(truths: dict, scored: dict, genes):
+    """The neighbour ceiling of a fold's held-out sections, on the units the methods were scored
+    on (:mod:`hexpress.eval.ceiling`); a reference row, not a method."""
+    from hexpress.eval.ceiling import CEILING_NAME, ceiling_metrics
+    from hexpress.eval.report import MethodResult
+
+    sections = [
+        ceiling_metrics(t, genes, units=scored[sid], section=sid)[0] for sid, t in truths.items()
+    ]
+    return MethodResult(CEILING_NAME, sections) if sections else None
+
+
+def _ceiling_note(ceiling, config: BenchConfig) -> str:
+    pcc = ceiling.summary(config.report.aggregation)["PCC@M"]
+    return (
+        f"{ceiling.method}: each held-out unit predicted by the mean measured expression of its "
+        f"neighbours in the same section gives PCC@M {pcc:.3f}. A reference for what the "
+        "section's spatial structure explains, not a method (results.csv: is_method false)."
+    )
 
 
 def _cross_scale(config, fold, method, info, scale_samples, out, say):
@@ -613,8 +646,10 @@ def _over_folds(table: pd.DataFrame, sections: dict[str, list]) -> pd.DataFrame:
         for col in table.columns:
             if col in ("fold", "method"):
                 continue
-            if col in ("train_time_s", "predict_time_s"):
-                row[col] = float(table.loc[table["method"] == method, col].sum())
+            if col == "is_method":
+                row[col] = bool(table.loc[table["method"] == method, col].iloc[0])
+            elif col in ("train_time_s", "predict_time_s"):
+                row[col] = float(table.loc[table["method"] == method, col].sum(min_count=1))
             elif col == "n_sections":
                 row[col] = len(secs)
             elif col == "n_units":
