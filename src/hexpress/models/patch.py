@@ -116,6 +116,18 @@ def lite0_patch(n_genes: int = 250, **kwargs) -> PatchModel:
     return _patch("tf_efficientnet_lite0", n_genes, **kwargs)
 
 
+@register_model(kind="patch", encoder="tf_efficientnet_lite1")
+def lite1_patch(n_genes: int = 250, **kwargs) -> PatchModel:
+    """EfficientNet-Lite1 single-patch regressor (ImageNet weights packaged)."""
+    return _patch("tf_efficientnet_lite1", n_genes, **kwargs)
+
+
+@register_model(kind="patch", encoder="tf_efficientnet_lite2")
+def lite2_patch(n_genes: int = 250, **kwargs) -> PatchModel:
+    """EfficientNet-Lite2 single-patch regressor (ImageNet weights packaged)."""
+    return _patch("tf_efficientnet_lite2", n_genes, **kwargs)
+
+
 @register_model(kind="patch", encoder="resnet18")
 def resnet18_patch(n_genes: int = 250, **kwargs) -> PatchModel:
     """ResNet-18 single-patch regressor."""

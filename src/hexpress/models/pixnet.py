@@ -279,6 +279,18 @@ def pixnet_lite0(n_genes: int = 250, **kwargs) -> PixNet:
     return PixNet(n_genes, encoder="tf_efficientnet_lite0", **kwargs)
 
 
+@register_model(kind="dense", encoder="tf_efficientnet_lite1")
+def pixnet_lite1(n_genes: int = 250, **kwargs) -> PixNet:
+    """PixNet with an EfficientNet-Lite1 encoder (ImageNet weights packaged), stride 4."""
+    return PixNet(n_genes, encoder="tf_efficientnet_lite1", **kwargs)
+
+
+@register_model(kind="dense", encoder="tf_efficientnet_lite2")
+def pixnet_lite2(n_genes: int = 250, **kwargs) -> PixNet:
+    """PixNet with an EfficientNet-Lite2 encoder (ImageNet weights packaged), stride 4."""
+    return PixNet(n_genes, encoder="tf_efficientnet_lite2", **kwargs)
+
+
 @register_model(kind="dense", encoder="resnet18")
 def pixnet_resnet18(n_genes: int = 250, **kwargs) -> PixNet:
     """PixNet with a ResNet-18 encoder as in the paper (weights from a local file)."""

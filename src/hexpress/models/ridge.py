@@ -136,6 +136,18 @@ def ridge_lite0(n_genes: int = 250, **kwargs) -> RidgeBaseline:
     return RidgeBaseline(n_genes, encoder="tf_efficientnet_lite0", **kwargs)
 
 
+@register_model(kind="patch", encoder="tf_efficientnet_lite1")
+def ridge_lite1(n_genes: int = 250, **kwargs) -> RidgeBaseline:
+    """Frozen EfficientNet-Lite1 + PCA(256) + ridge (HEST-Benchmark protocol)."""
+    return RidgeBaseline(n_genes, encoder="tf_efficientnet_lite1", **kwargs)
+
+
+@register_model(kind="patch", encoder="tf_efficientnet_lite2")
+def ridge_lite2(n_genes: int = 250, **kwargs) -> RidgeBaseline:
+    """Frozen EfficientNet-Lite2 + PCA(256) + ridge (HEST-Benchmark protocol)."""
+    return RidgeBaseline(n_genes, encoder="tf_efficientnet_lite2", **kwargs)
+
+
 @register_model(kind="patch", encoder="resnet18")
 def ridge_resnet18(n_genes: int = 250, **kwargs) -> RidgeBaseline:
     """Frozen ResNet-18 (local weights) + PCA(256) + ridge (HEST-Benchmark protocol)."""
