@@ -106,6 +106,7 @@ class ModelInfo:
         norm = _get(meta, "normalization") or {}
         self.normalization = dict(norm) if isinstance(norm, Mapping) else dict(vars(norm))
         self.patch_um = _get(meta, "patch_um")
+        self.stain = _get(meta, "stain")  # applied to the slide by hexpress.infer.pipeline
         self.input_px = _get(meta, "input_px") or getattr(model, "input_px", None)
         n_out = getattr(model, "n_genes", None)
         if not self.genes and n_out is not None:

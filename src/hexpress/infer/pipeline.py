@@ -25,6 +25,7 @@ import numpy as np
 
 from hexpress import _keys as K
 from hexpress._files import write_json
+from hexpress.data.stain import stain_normalized
 from hexpress.errors import DataMismatchError, OutputExistsError
 from hexpress.infer.aggregate_disk import aggregate_units, write_h5ad_atomic
 from hexpress.infer.engine import ModelInfo, model_info, predict_slide
@@ -161,6 +162,7 @@ def predict_one(
     slide = (
         slide_path if isinstance(slide_path, SlideImage) else open_image(slide_path, mpp=opts.mpp)
     )
+    slide = stain_normalized(slide, info.stain)  # the checkpoint's stain normalisation, if any
     tissue = detect_tissue(slide) if opts.detect_tissue else None
     geometries = _geometries(slide, opts, tissue)
     for u in units:

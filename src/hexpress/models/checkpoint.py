@@ -57,7 +57,7 @@ class Checkpoint:
     Attributes:
         model: the rebuilt model, in eval mode, on the requested device.
         meta: the JSON metadata (``model_name``, ``model_kwargs``, ``kind``, ``stride``,
-            ``model_mpp``, ``genes``, ``normalization``, ``config``, ``patch_um``, ``extra``,
+            ``model_mpp``, ``genes``, ``normalization``, ``stain``, ``config``, ``patch_um``, ``extra``,
             ``format_version``, ``hexpress_version``).
         extra_tensors: tensors saved with ``extra_tensors=``.
         path: the JSON file.
@@ -88,6 +88,11 @@ class Checkpoint:
     def kind(self) -> str:
         return str(self.meta["kind"])
 
+    @property
+    def stain(self) -> dict[str, Any] | None:
+        """The stain normalisation inputs go through (:mod:`hexpress.data.stain`), or ``None``."""
+        return self.meta.get("stain")
+
 
 def save_checkpoint(
     path: str | Path,
@@ -101,6 +106,7 @@ def save_checkpoint(
     config: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     extra_tensors: dict[str, torch.Tensor] | None = None,
+    stain: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Write a checkpoint pair atomically.
 
@@ -117,6 +123,8 @@ def save_checkpoint(
         config: the resolved training config.
         extra: more JSON metadata (step, epoch, metrics...).
         extra_tensors: more tensors to keep (e.g. gene means).
+        stain: the stain normalisation the model's inputs went through
+            (:meth:`hexpress.data.stain.StainNormalizer.to_meta`); inference applies the same.
 
     Returns:
         ``(tensors_path, json_path)``.
@@ -158,6 +166,7 @@ def save_checkpoint(
         "model_mpp": float(model_mpp),
         "genes": [str(g) for g in genes],
         "normalization": _jsonable("normalization", normalization),
+        "stain": _jsonable("stain", stain),
         "config": _jsonable("config", config),
         "extra": _jsonable("extra", extra or {}),
     }

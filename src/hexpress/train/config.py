@@ -130,6 +130,29 @@ class GeometryConfig:
 
 
 @dataclass
+class StainConfig:
+    """Stain normalisation of every slide (:mod:`hexpress.data.stain`), recorded in the checkpoint
+    so prediction applies the same transform.
+
+    Attributes:
+        method: ``none`` or ``macenko``.
+        reference: a training sample id (default: the first training sample) or an image file
+            whose stains every slide is mapped to.
+    """
+
+    method: str = "none"
+    reference: str | None = None
+
+    def __post_init__(self) -> None:
+        from hexpress.data.stain import STAIN_METHODS
+
+        if self.method not in STAIN_METHODS:
+            raise _fail(
+                "data.stain.method", f"must be one of {STAIN_METHODS}, got {self.method!r}."
+            )
+
+
+@dataclass
 class DataConfig:
     """Training data: samples, split, genes, normalisation and crop geometry.
 
@@ -157,6 +180,7 @@ class DataConfig:
         geometries: the unit sets that supervise every slide, with loss weights.
         preload_max_mpx: read a whole slide into memory once (at the training resolution) when
             it has at most this many megapixels there; larger slides are read crop by crop.
+        stain: stain normalisation to a reference (:class:`StainConfig`).
     """
 
     format: str = "legacy-st"
@@ -176,6 +200,7 @@ class DataConfig:
     min_coverage: float = 0.9
     geometries: list[GeometryConfig] = field(default_factory=lambda: [GeometryConfig()])
     preload_max_mpx: float = 64.0
+    stain: StainConfig = field(default_factory=StainConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

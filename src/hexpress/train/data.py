@@ -168,6 +168,8 @@ class TrainingData:
         genes: the selected genes, in model output order.
         normalization: how targets were made (goes into the checkpoint).
         geometries: geometry names, in order.
+        stain: the stain normalisation every slide is read through (goes into the checkpoint;
+            ``None``: none).
     """
 
     train: list[SlideData]
@@ -175,6 +177,7 @@ class TrainingData:
     genes: list[str]
     normalization: dict
     geometries: list[str]
+    stain: dict | None = None
 
     def target_mean(self) -> np.ndarray:
         """``(G,)`` mean target over the supervised units of the first geometry."""
@@ -338,6 +341,7 @@ def load_training_data(
         DataMismatchError: a sample lacks a selected gene, or a geometry count mismatch.
     """
     from hexpress.data.preprocess import read_gene_list, select_genes
+    from hexpress.data.stain import reference_normalizer
 
     resolved = resolve_split(config)
     train_ids, val_ids = list(resolved.train), list(resolved.val)
@@ -371,12 +375,17 @@ def load_training_data(
             [by_id[s][0] for s in train_ids], n=g.n, method=g.method, scale=config.norm_scale
         )
 
+    stain = reference_normalizer(
+        config.stain, train_ids, {sid: got[0].image for sid, got in by_id.items()}
+    )
+
     def slide(sid: str) -> SlideData:
         sets = [
             _unit_set(s, genes, config.norm_scale, geom.name, geom.weight)
             for s, geom in zip(by_id[sid], config.geometries, strict=True)
         ]
-        return SlideData(sid, by_id[sid][0].image, sets)
+        image = by_id[sid][0].image
+        return SlideData(sid, image if stain is None else stain.wrap(image), sets)
 
     train = [slide(s) for s in train_ids]
     val = [slide(s) for s in val_ids]
@@ -389,7 +398,10 @@ def load_training_data(
         "total": "all genes",
         "genes": len(genes),
     }
-    return TrainingData(train, val, genes, normalization, [g.name for g in config.geometries])
+    return TrainingData(
+        train, val, genes, normalization, [g.name for g in config.geometries],
+        stain=None if stain is None else stain.to_meta(),
+    )  # fmt: skip
 
 
 # -- batches ------------------------------------------------------------------------------------

@@ -548,6 +548,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
             model_mpp=model_mpp,
             genes=genes,
             normalization=data.normalization,
+            stain=data.stain,
             config=config_to_dict(cfg),
             extra={
                 "step": int(step),
