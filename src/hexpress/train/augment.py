@@ -10,7 +10,10 @@ centres move.
 Stain jitter follows Tellez et al. (2018): the image is unmixed into haematoxylin, eosin and DAB
 optical densities with the Ruifrok-Johnston matrix, each channel is scaled by
 ``U(1 - sigma, 1 + sigma)`` and shifted by ``U(-bias, bias)``, and the result mixed back. Only
-colours change; every structure stays where it is.
+colours change; every structure stays where it is. Scaling and shifting keep each stain's hue;
+``stain_rotation_deg`` also turns the haematoxylin and eosin colour vectors (each towards or away
+from the third, DAB, vector by ``U(-deg, deg)``) before mixing back, so the model also sees the
+dyes of other labs, which differ in hue as well as in strength.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class AugmentParams:
         hed_alpha, hed_beta: ``(3,)`` scale and shift of the H, E, D optical densities.
         brightness: intensity factor.
         saturation: factor on the distance from grey.
+        stain_angles: rotations (radians) of the haematoxylin and eosin colour vectors.
     """
 
     k: int = 0
@@ -49,6 +53,7 @@ class AugmentParams:
     hed_beta: tuple[float, float, float] = (0.0, 0.0, 0.0)
     brightness: float = 1.0
     saturation: float = 1.0
+    stain_angles: tuple[float, float] = (0.0, 0.0)
 
     @property
     def is_identity(self) -> bool:
@@ -65,7 +70,23 @@ def sample_params(config: AugmentConfig, rng: np.random.Generator) -> AugmentPar
     beta = tuple(float(-b + 2 * b * v) for v in u[5:8])
     bright = float(1 - config.brightness + 2 * config.brightness * u[8])
     sat = float(1 - config.saturation + 2 * config.saturation * u[9])
-    return AugmentParams(k, flip, alpha, beta, bright, sat)
+    turn = np.deg2rad(config.stain_rotation_deg)
+    angles = (float(turn * (2 * u[10] - 1)), float(turn * (2 * u[11] - 1)))
+    return AugmentParams(k, flip, alpha, beta, bright, sat, angles)
+
+
+def _turned_stains(angles: tuple[float, float]) -> np.ndarray:
+    """The stain colour matrix with the H and E rows turned in their planes with the D row."""
+    out = _RGB_FROM_HED.copy()
+    d = _RGB_FROM_HED[2]
+    for row, a in zip((0, 1), angles, strict=True):
+        v = _RGB_FROM_HED[row]
+        n = np.linalg.norm(v)
+        u = v / n
+        w = d - (d @ u) * u
+        w /= np.linalg.norm(w)
+        out[row] = n * (np.cos(a) * u + np.sin(a) * w)
+    return out
 
 
 def d4_image(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -98,13 +119,15 @@ def colour_jitter(image: np.ndarray, params: AugmentParams) -> np.ndarray:
         ``(H, W, 3)`` float32 in ``[0, 1]``.
     """
     rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
-    if params.hed_alpha != (1.0, 1.0, 1.0) or params.hed_beta != (0.0, 0.0, 0.0):
+    turned = params.stain_angles != (0.0, 0.0)
+    if params.hed_alpha != (1.0, 1.0, 1.0) or params.hed_beta != (0.0, 0.0, 0.0) or turned:
         od = -np.log(np.maximum(rgb, _MIN_RGB)).astype(np.float64)
         alpha = np.asarray(params.hed_alpha)
         beta = np.asarray(params.hed_beta)
+        remix = _turned_stains(params.stain_angles) if turned else _RGB_FROM_HED
         # one 3x3 matrix and offset: od -> hed -> jitter -> od
-        mat = _HED_FROM_RGB @ np.diag(alpha) @ _RGB_FROM_HED
-        off = beta @ _RGB_FROM_HED
+        mat = _HED_FROM_RGB @ np.diag(alpha) @ remix
+        off = beta @ remix
         od = od.reshape(-1, 3) @ mat + off
         rgb = np.exp(-od).reshape(rgb.shape).astype(np.float32)
     if params.brightness != 1.0:

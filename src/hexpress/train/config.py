@@ -324,6 +324,9 @@ class AugmentConfig:
         hed_bias: ... and shifted by ``U(-b, b)`` in optical density (0: off).
         brightness: multiply intensities by ``U(1 - b, 1 + b)`` (0: off).
         saturation: scale the distance from grey by ``U(1 - s, 1 + s)`` (0: off).
+        stain_rotation_deg: turn the haematoxylin and eosin colour vectors by ``U(-d, d)``
+            degrees each (hue changes across labs; 0: off). Recipes with stronger stain
+            augmentation use e.g. ``hed_sigma: 0.2, hed_bias: 0.05, stain_rotation_deg: 5``.
     """
 
     flips: bool = True
@@ -332,12 +335,17 @@ class AugmentConfig:
     hed_bias: float = 0.02
     brightness: float = 0.0
     saturation: float = 0.0
+    stain_rotation_deg: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("hed_sigma", "hed_bias", "brightness", "saturation"):
             v = getattr(self, name)
             if not (math.isfinite(v) and 0 <= v < 1):
                 raise _fail(f"augment.{name}", f"must be in [0, 1), got {v}.")
+        if not (math.isfinite(self.stain_rotation_deg) and 0 <= self.stain_rotation_deg <= 30):
+            raise _fail(
+                "augment.stain_rotation_deg", f"must be in [0, 30], got {self.stain_rotation_deg}."
+            )
 
 
 @dataclass
