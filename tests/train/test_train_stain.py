@@ -4,12 +4,11 @@ identically by predict."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
-from conftest import synthetic_slide
-from test_trainer import _cfg
 
 from hexpress.data.stain import StainNormalizedImage, StainNormalizer
 from hexpress.errors import ConfigError, DataMismatchError
@@ -17,9 +16,10 @@ from hexpress.infer import units_from_anndata
 from hexpress.infer.pipeline import PredictOptions, load_model_info, predict_one
 from hexpress.io import ArrayImage
 from hexpress.models import load_checkpoint
-from hexpress.train import train
+from hexpress.train import load_config, train
 from hexpress.train.data import load_training_data
 
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "tiny_smoke.yaml"
 H = np.array([0.5626, 0.7201, 0.4062])
 E = np.array([0.2159, 0.8012, 0.5581])
 
@@ -31,13 +31,21 @@ def _he(img: np.ndarray, gain: tuple[float, float]) -> np.ndarray:
     return np.clip(np.rint(240 * np.exp(-od) - 1), 0, 255).astype(np.uint8)
 
 
+def _cfg(out, *extra):
+    return load_config(SMOKE, [
+        f"run.out_dir={out}", "data.train=[S1]", "data.val=[S2]", "data.genes.n=6",
+        "run.progress=false", "run.tensorboard=false", "run.device=cpu", *extra,
+    ])  # fmt: skip
+
+
 @pytest.fixture
-def he_samples():
-    out = {}
-    for i, (sid, gain) in enumerate((("S1", (1.0, 1.0)), ("S2", (1.6, 0.6)))):
-        img, sample = synthetic_slide(i, sample_id=sid)
-        out[sid] = replace(sample, image=ArrayImage(_he(img, gain), sample.image.mpp))
-    return out
+def he_samples(samples):
+    """The training conftest's slides, their colour fields re-mixed from H&E stains."""
+    gains = {"S1": (1.0, 1.0), "S2": (1.6, 0.6)}
+    return {
+        sid: replace(s, image=ArrayImage(_he(s.image.array, gains[sid]), s.image.mpp))
+        for sid, s in samples.items()
+    }
 
 
 def _predict(info, image, sample, out):
