@@ -113,3 +113,17 @@ def test_errors():
         ceiling_metrics(truth, ["nope"])
     with pytest.raises(ConfigError, match="neighbours must be one of"):
         neighbour_weights(_square(3, 3), neighbours="rings")
+
+
+def test_bench_ceiling_skips_a_section_it_cannot_score(rng, caplog):
+    from hexpress.eval.bench import _ceiling
+
+    ok = ad.AnnData(rng.normal(size=(30, 3)).astype(np.float32))
+    ok.obsm[K.SPATIAL] = _square(6, 5)
+    tiny = ad.AnnData(rng.normal(size=(2, 3)).astype(np.float32))
+    tiny.obsm[K.SPATIAL] = _square(2, 1)
+    genes = list(ok.var_names)
+    res = _ceiling({"ok": ok, "tiny": tiny}, {"ok": ok.obs_names, "tiny": tiny.obs_names}, genes)
+    assert [s.section for s in res.sections] == ["ok"] and res.sections[0].n_units == 30
+    assert "no neighbour ceiling for tiny" in caplog.text
+    assert _ceiling({"tiny": tiny}, {"tiny": tiny.obs_names}, genes) is None

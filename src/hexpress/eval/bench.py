@@ -59,7 +59,13 @@ import numpy as np
 import pandas as pd
 
 from hexpress._files import write_file as _write_text
-from hexpress.errors import ConfigError, InputFileError, OutputExistsError
+from hexpress.errors import (
+    ConfigError,
+    DataMismatchError,
+    GeometryError,
+    InputFileError,
+    OutputExistsError,
+)
 
 __all__ = [
     "BenchConfig",
@@ -593,9 +599,12 @@ def _ceiling(truths: dict, scored: dict, genes):
     from hexpress.eval.ceiling import CEILING_NAME, ceiling_metrics
     from hexpress.eval.report import MethodResult
 
-    sections = [
-        ceiling_metrics(t, genes, units=scored[sid], section=sid)[0] for sid, t in truths.items()
-    ]
+    sections = []
+    for sid, t in truths.items():
+        try:
+            sections.append(ceiling_metrics(t, genes, units=scored[sid], section=sid)[0])
+        except (DataMismatchError, GeometryError) as e:  # a reference row never stops a bench
+            log.warning("no neighbour ceiling for %s: %s", sid, e)
     return MethodResult(CEILING_NAME, sections) if sections else None
 
 
