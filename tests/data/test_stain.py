@@ -131,3 +131,16 @@ def test_slide_reads_use_one_transform_per_slide():
     assert stain_normalized(slide, None) is slide
     with pytest.raises(FormatError, match="unknown stain normalisation"):
         stain_normalized(slide, {"method": "reinhard"})
+
+
+def test_black_padding_is_not_a_stain():
+    """An image pasted on a black canvas (as HER2ST's A1): the black is ignored, not fitted."""
+    rgb = he_image(seed=8)
+    canvas = np.zeros((192, 192, 3), np.uint8)
+    canvas[:96, :96] = rgb  # three quarters black
+    padded, alone = fit_macenko(canvas), fit_macenko(rgb)
+    np.testing.assert_allclose(padded.vectors, alone.vectors, atol=1e-9)
+    np.testing.assert_allclose(padded.max_conc, alone.max_conc, rtol=1e-9)
+    # without the rule black pixels would set the concentration scale
+    grey = fit_macenko(canvas, dark_od=np.inf)
+    assert grey.max_conc.max() > 2 * alone.max_conc.max()

@@ -1,7 +1,9 @@
 """Stain normalisation of H&E slides to a reference (Macenko et al., ISBI 2009).
 
 A slide's colours are converted to optical density (OD) ``-log((I + 1) / Io)``; pixels with
-``OD < beta`` in any channel are glass and ignored. On the tissue pixels the plane of the two
+``OD < beta`` in any channel are glass and ignored, and so are pixels darker than ``dark_od`` in
+every channel (black: the padding of an image pasted on a black canvas, as HER2ST's A1 is, or
+ink; left in, black is a third "stain" along the grey axis and pulls the eosin vector onto it). On the tissue pixels the plane of the two
 largest principal directions of OD holds the haematoxylin and eosin vectors: they are the
 directions at the ``alpha`` and ``100 - alpha`` percentiles of the angle in that plane
 (haematoxylin the one with the larger red OD). Each pixel's stain concentrations are its OD
@@ -98,6 +100,7 @@ def fit_macenko(
     io: float = 240.0,
     alpha: float = 1.0,
     beta: float = 0.15,
+    dark_od: float = 2.0,
     source: str = "image",
 ) -> Stains:
     """Macenko stain vectors and concentrations of an H&E image.
@@ -107,6 +110,8 @@ def fit_macenko(
         io: transmitted light intensity (the brightness of glass).
         alpha: angle percentile defining the extreme stain directions.
         beta: OD below which a channel counts as transparent (glass).
+        dark_od: pixels with an OD above this in every channel (RGB below about
+            ``Io * exp(-dark_od)``: 32 of 255 by default) are black, not stain, and ignored.
         source: the image's name, for messages.
 
     Returns:
@@ -119,13 +124,13 @@ def fit_macenko(
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise FormatError(f"{source}: need (H, W, 3) uint8 RGB, got {rgb.shape} {rgb.dtype}.")
     od = _od(rgb, io)
-    tissue = od[~np.any(od < beta, axis=1)]
+    tissue = od[~np.any(od < beta, axis=1) & ~np.all(od > dark_od, axis=1)]
     if tissue.shape[0] < MIN_TISSUE_PIXELS:
         raise DataMismatchError(
             f"{source} has no tissue to fit stains on: {tissue.shape[0]} of {od.shape[0]} pixels "
-            f"are stained (optical density >= {beta} in every channel; {MIN_TISSUE_PIXELS} "
-            "needed). Is it blank glass or background? Choose a stain reference that shows "
-            "H&E-stained tissue."
+            f"are stained (optical density >= {beta} in every channel and not black; "
+            f"{MIN_TISSUE_PIXELS} needed). Is it blank glass or background? Choose a stain "
+            "reference that shows H&E-stained tissue."
         )
     _, eigvecs = np.linalg.eigh(np.cov(tissue.T))
     plane = eigvecs[:, 1:3]  # the two largest principal directions
@@ -174,7 +179,7 @@ class StainNormalizer:
     Attributes:
         target: the reference's :class:`Stains`.
         reference: what the reference was (a sample id or a file), for the record.
-        io, alpha, beta: the Macenko parameters (see :func:`fit_macenko`).
+        io, alpha, beta, dark_od: the Macenko parameters (see :func:`fit_macenko`).
     """
 
     target: Stains
@@ -182,6 +187,7 @@ class StainNormalizer:
     io: float = 240.0
     alpha: float = 1.0
     beta: float = 0.15
+    dark_od: float = 2.0
     method: str = "macenko"
 
     @classmethod
@@ -215,6 +221,7 @@ class StainNormalizer:
             "io": self.io,
             "alpha": self.alpha,
             "beta": self.beta,
+            "dark_od": self.dark_od,
             "fit_max_side": FIT_MAX_SIDE,
             **self.target.to_dict(),
         }
@@ -227,16 +234,18 @@ class StainNormalizer:
                 f"unknown stain normalisation {method!r} in the checkpoint; this hexpress knows "
                 f"{STAIN_METHODS[1:]}. Upgrade hexpress."
             )
-        return cls(
-            Stains.from_dict(meta), str(meta.get("reference", "")), float(meta["io"]),
-            float(meta["alpha"]), float(meta["beta"]),
-        )  # fmt: skip
+        try:
+            params = {k: float(meta[k]) for k in ("io", "alpha", "beta", "dark_od")}
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"the checkpoint's stain record lacks a parameter: {e}.") from e
+        return cls(Stains.from_dict(meta), str(meta.get("reference", "")), **params)
 
     def fit(self, image: SlideImage | np.ndarray, source: str = "slide") -> Stains:
         """The stains of one slide, fitted on its thumbnail with this normaliser's parameters."""
         return fit_macenko(
-            _fit_pixels(image), io=self.io, alpha=self.alpha, beta=self.beta, source=source
-        )
+            _fit_pixels(image), io=self.io, alpha=self.alpha, beta=self.beta,
+            dark_od=self.dark_od, source=source,
+        )  # fmt: skip
 
     def wrap(self, image: SlideImage) -> StainNormalizedImage:
         """``image`` read through this normalisation (its stains fitted once, now)."""
