@@ -138,6 +138,16 @@ class PixNet(nn.Module):
         self._receptive_field_px: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return self.decode(self.encode(x), (h, w))
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The pyramid the decoder reads: ``F_l`` of the levels used, finest first.
+
+        ``x`` is padded bottom/right with white to a multiple of :attr:`reduction`, so level
+        ``l`` (stride ``s_l``) has ``ceil(H / reduction) * reduction / s_l`` rows; cell ``(i, j)``
+        of it covers input pixels ``[i*s_l, (i+1)*s_l) x [j*s_l, (j+1)*s_l)``.
+        """
         if x.ndim != 4 or x.shape[1] != 3:
             raise ConfigError(f"PixNet takes (B, 3, H, W) RGB, got shape {tuple(x.shape)}.")
         h, w = x.shape[-2:]
@@ -146,7 +156,18 @@ class PixNet(nn.Module):
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), value=_PAD_VALUE)
         feats = self.encoder(x)
-        feats = [feats[i] for i in self.levels]
+        return [feats[i] for i in self.levels]
+
+    @property
+    def level_strides(self) -> list[int]:
+        """Input px per cell of each level :meth:`encode` returns, finest first."""
+        red = list(self.encoder.feature_info.reduction())
+        return [int(red[i]) for i in self.levels]
+
+    def decode(self, feats: list[torch.Tensor], size_px: tuple[int, int]) -> torch.Tensor:
+        """The map from a pyramid (:meth:`encode`) of an input of ``size_px = (H, W)`` px:
+        ``(B, n_out, ceil(H / stride), ceil(W / stride))``."""
+        h, w = size_px
         d = self.proj[-1](feats[-1])
         for k in range(len(feats) - 2, -1, -1):
             f = feats[k]

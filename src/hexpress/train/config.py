@@ -58,6 +58,7 @@ __all__ = [
 GENE_METHODS = ("heg", "hvg")
 DEVICES = ("auto", "cpu", "cuda")
 SCHEDULES = ("constant", "cosine")
+PHASES = ("frozen", "finetune")
 
 
 def _fail(path: str, msg: str) -> ConfigError:
@@ -267,6 +268,10 @@ class OptimConfig:
         grad_clip: clip the gradient norm to this (0: off).
         schedule: ``"constant"`` or ``"cosine"`` (to 0 at ``max_steps``).
         warmup_steps: linear warm-up steps.
+        phases: training phases in order, e.g. ``[{frozen: 3000}, {finetune: 300}]``: ``frozen``
+            trains all but the encoder (dense models: from cached encoder features, see
+            ``run.feature_cache``), ``finetune`` trains end to end. When given, the run lasts
+            their sum of steps (``max_steps`` is ignored); empty: end to end for ``max_steps``.
     """
 
     lr: float = 5e-4
@@ -277,6 +282,7 @@ class OptimConfig:
     grad_clip: float = 1.0
     schedule: str = "constant"
     warmup_steps: int = 0
+    phases: list[dict[str, int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -295,6 +301,15 @@ class OptimConfig:
             raise _fail("optim.schedule", f"must be one of {SCHEDULES}, got {self.schedule!r}.")
         if self.warmup_steps < 0:
             raise _fail("optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}.")
+        for i, ph in enumerate(self.phases):
+            if len(ph) != 1 or next(iter(ph)) not in PHASES or next(iter(ph.values())) < 0:
+                raise _fail(
+                    f"optim.phases[{i}]",
+                    f"must be one {{phase: steps}} with phase in {PHASES} and steps >= 0, "
+                    f"got {ph!r} (e.g. [{{frozen: 3000}}, {{finetune: 300}}]).",
+                )
+        if self.phases and self.epochs is not None:
+            raise _fail("optim.phases", "give the steps of each phase or optim.epochs, not both.")
 
 
 @dataclass
@@ -364,6 +379,9 @@ class RunConfig:
         threads: torch CPU threads (default: torch's choice).
         progress: show a progress bar.
         tensorboard: also log to TensorBoard when it is installed.
+        feature_cache: folder of the frozen-encoder feature cache (see
+            :mod:`hexpress.train.feature_cache`; shared by runs, reused while its key matches);
+            ``null``: frozen phases run the encoder on every crop instead.
     """
 
     out_dir: str = "runs/train"
@@ -377,6 +395,7 @@ class RunConfig:
     threads: int | None = None
     progress: bool = True
     tensorboard: bool = True
+    feature_cache: str | None = "runs/feature_cache"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

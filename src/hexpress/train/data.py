@@ -37,7 +37,7 @@ import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ __all__ = [
     "read_samples",
     "resolve_split",
     "crop_units",
+    "aligned_pad_px",
     "dense_val_batches",
     "patch_val_batches",
 ]
@@ -109,12 +110,17 @@ class UnitSet:
 
 @dataclass
 class SlideData:
-    """One slide: its image and one :class:`UnitSet` per geometry."""
+    """One slide: its image, one :class:`UnitSet` per geometry and the image's file, if any."""
 
     sample_id: str
     image: SlideImage
     units: list[UnitSet]
     _view: SlideImage | None = field(default=None, repr=False)
+    image_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_path is None:  # kept after preload() releases the reader (cache keys)
+            self.image_path = self.image.path
 
     def preload(self, mpp: float, max_mpx: float) -> None:
         """Read the whole slide at ``mpp`` into memory when it has at most ``max_mpx`` Mpx.
@@ -412,18 +418,24 @@ class DenseBatch:
     """A batch of dense crops.
 
     Attributes:
-        images: ``(B, 3, S, S)`` float32 RGB in ``[0, 1]``.
+        images: ``(B, 3, S + 2c, S + 2c)`` float32 RGB in ``[0, 1]``, the crop with ``c =
+            context_px`` more on every side (``None`` when ``features`` are given).
         weights: per geometry, ``B`` CSR matrices ``(n_b, h*w)`` of footprint weights on the map.
         targets: per geometry, ``(sum n_b, G)`` float32.
         counts: per geometry, ``[n_b]`` units per crop.
         unit_index: per geometry, ``(sum n_b, 2)`` int64 (slide index, unit index).
+        features: cached encoder features of the crops instead of images: per pyramid level,
+            ``(B, C_l, S / s_l, S / s_l)`` float32 (see :mod:`hexpress.train.feature_cache`).
+        context_px: input px read around each crop (frozen encoders see the crop's context).
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     weights: list[list[sp.csr_matrix]]
     targets: list[torch.Tensor]
     counts: list[list[int]]
     unit_index: list[np.ndarray]
+    features: list[torch.Tensor] | None = None
+    context_px: int = 0
 
 
 @dataclass
@@ -492,6 +504,12 @@ def crop_units(
     return idx[keep], weights[keep]
 
 
+def aligned_pad_px(crop_px: int, align_px: int) -> int:
+    """How far (px at ``model_mpp``) an aligned training crop can reach beyond a slide's edge:
+    a crop holds a unit whose centre is on the slide, and its corner snaps to ``align_px``."""
+    return math.ceil((int(crop_px) + int(align_px)) / int(align_px)) * int(align_px)
+
+
 def _to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     arr = np.stack(images).astype(np.float32, copy=False)
     if arr.max(initial=0) > 1.5:  # uint8 scale
@@ -543,6 +561,15 @@ class DenseCropDataset(torch.utils.data.Dataset):
         augment: augmentation config (``None``: none).
         min_coverage: see :func:`crop_units`.
         rank, world_size: this process and the number of processes.
+        align_px: crop corners fall on multiples of this many px of the slide at ``model_mpp``
+            (frozen-encoder training: the network's total downsampling, so a crop's features
+            are a slice of the whole slide's; 1: anywhere).
+        context_px: px read around each crop on every side (the receptive field of a frozen
+            encoder); the crop's units and map are those of the crop alone.
+        colour: apply the colour part of the augmentation (off for frozen encoders: their
+            features are computed once, from unjittered pixels).
+        features: a source of cached encoder features (``read(slide_index, x0, y0, crop_px,
+            params) -> [(C_l, h_l, w_l)]``), read instead of pixels.
     """
 
     def __init__(
@@ -558,12 +585,28 @@ class DenseCropDataset(torch.utils.data.Dataset):
         min_coverage: float = 0.9,
         rank: int = 0,
         world_size: int = 1,
+        align_px: int = 1,
+        context_px: int = 0,
+        colour: bool = True,
+        features=None,
     ):
         if crop_px % stride:
             raise ConfigError(
                 f"data.crop_px={crop_px} must be a multiple of the model's stride {stride}, so "
                 f"the map covers the crop exactly (e.g. {stride * max(1, crop_px // stride)})."
             )
+        if crop_px % align_px:
+            raise ConfigError(
+                f"data.crop_px={crop_px} must be a multiple of {align_px} px (the network's "
+                "total downsampling) to train on frozen encoder features, e.g. "
+                f"{align_px * max(1, round(crop_px / align_px))}."
+            )
+        self._options = dict(
+            crop_px=crop_px, model_mpp=model_mpp, stride=stride, batch_size=batch_size,
+            seed=seed, augment=augment, min_coverage=min_coverage, rank=rank,
+            world_size=world_size, align_px=align_px, context_px=context_px, colour=colour,
+            features=features,
+        )  # fmt: skip
         self.slides = slides
         self.crop_px = int(crop_px)
         self.model_mpp = float(model_mpp)
@@ -573,7 +616,20 @@ class DenseCropDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.min_coverage = float(min_coverage)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.stream = _AnchorStream(slides, seed)
+        self.align_px = int(align_px)
+        self.context_px = int(context_px)
+        self.colour = bool(colour)
+        self.features = features
+
+    def replace(self, **changes) -> DenseCropDataset:
+        """A dataset like this one with some constructor arguments changed (e.g. ``slides``)."""
+        options = {"slides": self.slides, **self._options, **changes}
+        return DenseCropDataset(options.pop("slides"), **options)
+
+    @cached_property
+    def stream(self) -> _AnchorStream:
+        """The anchor units, in a seeded order per epoch (built on first use)."""
+        return _AnchorStream(self.slides, self.seed)
 
     def __len__(self) -> int:
         return 2**62  # indexed by step; the sampler says which steps
@@ -594,20 +650,39 @@ class DenseCropDataset(torch.utils.data.Dataset):
         s = self.crop_px
         lo, hi = min(r / s, 0.5), max(1 - r / s, 0.5)
         fx, fy = lo + (hi - lo) * rng.random(2)
-        return si, int(math.floor(cx - fx * s)), int(math.floor(cy - fy * s))
+        if self.align_px == 1:
+            return si, int(math.floor(cx - fx * s)), int(math.floor(cy - fy * s))
+        a = self.align_px
+        h, w = self.slides[si].source.shape_at(self.model_mpp)
+        pad = aligned_pad_px(s, a)
+        corner = []
+        for c, f, size in ((cx, fx, w), (cy, fy, h)):
+            # the aligned corners that keep the anchor's footprint inside, drawn by f as above
+            first, last = math.ceil((c + r - s) / a), math.floor((c - r) / a)
+            if first > last:
+                first = last = round((c - s / 2) / a)
+            k = first + min(int((f - lo) / max(hi - lo, 1e-12) * (last - first + 1)), last - first)
+            corner.append(int(np.clip(k * a, -pad, (size + pad - s) // a * a)))
+        return si, corner[0], corner[1]
 
     def _assemble(self, crops, rng, *, train: bool, allowed=None) -> DenseBatch:
         n_geom = len(self.slides[0].units) if self.slides else 0
         images, weights = [], [[] for _ in range(n_geom)]
         targets = [[] for _ in range(n_geom)]
         index = [[] for _ in range(n_geom)]
+        feats: list[list[np.ndarray]] = []
+        c = self.context_px
         for ci, (si, x0, y0) in enumerate(crops):
             slide = self.slides[si]
-            img = slide.read_at(self.model_mpp, x0, y0, self.crop_px, self.crop_px)
             params = sample_params(self.augment, rng) if train and self.augment else None
-            if params is not None:
-                img = augment(img, params)
-            images.append(img)
+            if params is not None and not self.colour:
+                params = AugmentParams(k=params.k, flip=params.flip)
+            if self.features is not None:
+                feats.append(self.features.read(si, x0, y0, self.crop_px, params))
+            else:
+                side = self.crop_px + 2 * c
+                img = slide.read_at(self.model_mpp, x0 - c, y0 - c, side, side)
+                images.append(augment(img, params) if params is not None else img)
             for g, us in enumerate(slide.units):
                 ok = us.train_mask if allowed is None else allowed[ci][g]
                 idx, w = crop_units(
@@ -625,11 +700,18 @@ class DenseCropDataset(torch.utils.data.Dataset):
                 targets[g].append(us.targets[idx].toarray())
                 index[g].append(np.stack([np.full(len(idx), si), idx], axis=1))
         return DenseBatch(
-            images=_to_tensor(images),
+            images=_to_tensor(images) if images else None,
             weights=weights,
             targets=[torch.from_numpy(np.concatenate(t).astype(np.float32)) for t in targets],
             counts=[[w.shape[0] for w in ws] for ws in weights],
             unit_index=[np.concatenate(ix).astype(np.int64) for ix in index],
+            features=[
+                torch.from_numpy(np.stack([f[lv] for f in feats]).astype(np.float32))
+                for lv in range(len(feats[0]))
+            ]
+            if feats
+            else None,
+            context_px=c,
         )
 
 
@@ -655,6 +737,10 @@ class PatchDataset(torch.utils.data.Dataset):
         rank: int = 0,
         world_size: int = 1,
     ):
+        self._options = dict(
+            patch_um=patch_um, input_px=input_px, batch_size=batch_size, seed=seed,
+            augment=augment, rank=rank, world_size=world_size,
+        )  # fmt: skip
         self.slides = slides
         self.patch_um = float(patch_um)
         self.input_px = int(input_px)
@@ -662,7 +748,16 @@ class PatchDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.augment = augment
         self.rank, self.world_size = int(rank), int(world_size)
-        self.stream = _AnchorStream(slides, seed)
+
+    def replace(self, **changes) -> PatchDataset:
+        """A dataset like this one with some constructor arguments changed (e.g. ``slides``)."""
+        options = {"slides": self.slides, **self._options, **changes}
+        return PatchDataset(options.pop("slides"), **options)
+
+    @cached_property
+    def stream(self) -> _AnchorStream:
+        """The anchor units, in a seeded order per epoch (built on first use)."""
+        return _AnchorStream(self.slides, self.seed)
 
     def __len__(self) -> int:
         return 2**62
@@ -725,9 +820,7 @@ def dense_val_batches(
     Yields:
         :class:`DenseBatch` of at most ``dataset.batch_size`` crops.
     """
-    view = DenseCropDataset.__new__(DenseCropDataset)
-    view.__dict__.update(dataset.__dict__)
-    view.slides = slides
+    view = dataset.replace(slides=slides, align_px=1, context_px=0, features=None)
     pairs = _val_units(slides, all_units, max_units, seed)
     done = [[np.zeros(len(us), bool) for us in s.units] for s in slides]  # units already evaluated
     s = dataset.crop_px
@@ -780,9 +873,7 @@ def patch_val_batches(
     batch_size: int | None = None,
 ):
     """Fixed validation batches of patches (no augmentation); see :func:`dense_val_batches`."""
-    view = PatchDataset.__new__(PatchDataset)
-    view.__dict__.update(dataset.__dict__)
-    view.slides = slides
+    view = dataset.replace(slides=slides)
     pairs = _val_units(slides, all_units, max_units, seed)
     b = batch_size or dataset.batch_size
     for i in range(0, len(pairs), b):

@@ -31,7 +31,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,17 +46,9 @@ from hexpress._files import write_file as _atomic_text
 from hexpress.data.sample import Sample
 from hexpress.errors import CheckpointError, ConfigError, OutputExistsError
 from hexpress.train.config import TrainConfig, config_to_dict, save_config
-from hexpress.train.data import (
-    DenseBatch,
-    DenseCropDataset,
-    PatchDataset,
-    TrainingData,
-    all_train_patches,
-    dense_val_batches,
-    load_training_data,
-    patch_val_batches,
-)
+from hexpress.train.data import load_training_data
 from hexpress.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
+from hexpress.train.tasks import FINETUNE, TrainingTask, make_task
 
 __all__ = ["RunResult", "train", "load_training_state", "STATE", "LAST", "FINAL"]
 
@@ -79,6 +71,7 @@ _RESUME_FREE = {
     "run.threads",
     "run.progress",
     "run.tensorboard",
+    "run.feature_cache",  # cached and on-the-fly frozen features are the same numbers
 }
 
 
@@ -367,52 +360,42 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
-def _dense_loss(model, batch: DenseBatch, data: TrainingData, config, device, scale, mode):
-    from hexpress.models.aggregate import predict_units
-    from hexpress.models.loss import pixnet_loss
-
-    maps = model(batch.images.to(device, non_blocking=True))
-    total = maps.sum() * 0.0  # keeps every parameter in the graph even with no unit
-    per_geom = []
-    for g, geom in enumerate(config.data.geometries):
-        n = batch.targets[g].shape[0]
-        if n == 0 or geom.weight == 0:
-            continue
-        pred = predict_units(maps, batch.weights[g], mode, scale)
-        target = batch.targets[g].to(device)
-        total = total + geom.weight * pixnet_loss(pred, target, lam=config.loss.lam)
-        per_geom.append((pred.detach(), target))
-    return total, per_geom
-
-
 @torch.no_grad()
-def _validate(model, batches, kind, config, device, scale, mode) -> dict[str, dict[str, float]]:
-    from hexpress.models.aggregate import predict_units
-
-    model.eval()
-    names = (
-        [g.name for g in config.data.geometries]
-        if kind == "dense"
-        else [config.data.geometries[0].name]
-    )
+def _validate(task: TrainingTask) -> dict[str, dict[str, float]]:
+    """Metrics per validation geometry over the task's fixed validation batches."""
+    task.model.eval()
+    names = task.val_names
     preds: list[list[torch.Tensor]] = [[] for _ in names]
     targets: list[list[torch.Tensor]] = [[] for _ in names]
-    for batch in batches:
-        out = model(batch.images.to(device))
-        if kind == "dense":
-            for g in range(len(names)):
-                if batch.targets[g].shape[0]:
-                    preds[g].append(predict_units(out, batch.weights[g], mode, scale).cpu())
-                    targets[g].append(batch.targets[g])
-        else:
-            preds[0].append(out.cpu())
-            targets[0].append(batch.targets)
-    result = {}
-    for g, name in enumerate(names):
-        if preds[g]:
-            result[name] = _metrics(torch.cat(preds[g]), torch.cat(targets[g]))
-    model.train()
-    return result
+    for batch in task.val_batches():
+        for g, pair in enumerate(task.val_predictions(batch)):
+            if pair is not None:
+                preds[g].append(pair[0].cpu())
+                targets[g].append(pair[1])
+    return {
+        name: _metrics(torch.cat(preds[g]), torch.cat(targets[g]))
+        for g, name in enumerate(names)
+        if preds[g]
+    }
+
+
+def _phases(cfg: TrainConfig, n_train_units: int, world: int) -> list[tuple[str, int, int]]:
+    """``[(phase, first step, end step)]`` of the run, in order."""
+    o = cfg.optim
+    if o.phases:
+        out, at = [], 0
+        for ph in o.phases:
+            ((name, n),) = ph.items()
+            out.append((name, at, at + int(n)))
+            at += int(n)
+        if o.max_steps != at:
+            log.info("optim.phases last %d steps in all (optim.max_steps=%d is not used)", at,
+                     o.max_steps)  # fmt: skip
+        return out
+    max_steps = o.max_steps
+    if o.epochs is not None:
+        max_steps = math.ceil(o.epochs * n_train_units / (o.batch_size * world))
+    return [(FINETUNE, 0, max_steps)]
 
 
 def _mean_metric(val: dict, key: str) -> float | None:
@@ -474,78 +457,22 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
 
     data = load_training_data(cfg.data, seed=cfg.run.seed, samples=samples)
     genes = data.genes
-    info = model_info(cfg.model.name)
-    kind = info["kind"]
     kwargs = dict(cfg.model.kwargs)
     torch.manual_seed(cfg.run.seed)  # the same initial weights whatever was drawn before
     model = create_model(cfg.model.name, n_genes=len(genes), **kwargs)
-    scale = float(cfg.data.norm_scale)
-    mode = getattr(model, "mode", "field")
-    world, rank = dist.world_size, dist.rank
-    if kind == "dense":
-        if len(cfg.data.geometries) < 1:
-            raise ConfigError("data.geometries is empty.")
-        model_mpp = float(cfg.data.model_mpp)
-        for s in data.train + data.val:
-            s.preload(model_mpp, cfg.data.preload_max_mpx)
-        dataset: DenseCropDataset | PatchDataset = DenseCropDataset(
-            data.train,
-            crop_px=cfg.data.crop_px,
-            model_mpp=model_mpp,
-            stride=int(model.stride),
-            batch_size=cfg.optim.batch_size,
-            seed=cfg.run.seed,
-            augment=cfg.augment,
-            min_coverage=cfg.data.min_coverage,
-            rank=rank,
-            world_size=world,
-        )
-    else:
-        if len(cfg.data.geometries) != 1:
-            raise ConfigError(
-                f"patch model {cfg.model.name!r} learns from one geometry, got "
-                f"{len(cfg.data.geometries)} in data.geometries; keep one."
-            )
-        patch_um, input_px = float(model.patch_um), int(model.input_px)
-        model_mpp = patch_um / input_px
-        for s in data.train + data.val:
-            s.preload(max(model_mpp, s.image.mpp), cfg.data.preload_max_mpx)
-        dataset = PatchDataset(
-            data.train,
-            patch_um=patch_um,
-            input_px=input_px,
-            batch_size=cfg.optim.batch_size,
-            seed=cfg.run.seed,
-            augment=cfg.augment,
-            rank=rank,
-            world_size=world,
-        )
+    world = dist.world_size
+    task = make_task(cfg, data, model, model_info(cfg.model.name)["kind"], device=device,
+                     rank=dist.rank, world_size=world, is_main=main,
+                     barrier=lambda: barrier(dist))  # fmt: skip
     model.to(device)
 
-    def val_batches():
-        if kind == "dense":
-            src = [(data.val, True), (data.train, False)]
-            for slides, all_units in src:
-                if slides:
-                    yield from dense_val_batches(
-                        dataset, slides, all_units=all_units,
-                        max_units=cfg.run.val_max_units, seed=cfg.run.seed,
-                    )  # fmt: skip
-        else:
-            for slides, all_units in [(data.val, True), (data.train, False)]:
-                if slides:
-                    yield from patch_val_batches(
-                        dataset, slides, all_units=all_units,
-                        max_units=cfg.run.val_max_units, seed=cfg.run.seed,
-                    )  # fmt: skip
-
-    def save(name: str, step: int, val: dict, m: nn.Module) -> Path:
+    def save(name: str, step: int, val: dict) -> Path:
         _, jpath = save_checkpoint(
             out / name,
-            m,
+            model,
             model_name=cfg.model.name,
             model_kwargs={**kwargs, "n_genes": len(genes)},
-            model_mpp=model_mpp,
+            model_mpp=task.model_mpp,
             genes=genes,
             normalization=data.normalization,
             stain=data.stain,
@@ -560,19 +487,41 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
         )
         return jpath
 
-    if getattr(model, "closed_form", False):
-        return _fit_closed_form(
-            cfg, model, dataset, data, val_batches, save, device, dist, out, t_start, model_mpp
+    def result(steps: int, train_loss: float | None, val: dict, ckpt: Path) -> RunResult:
+        res = RunResult(
+            out_dir=out,
+            checkpoint=ckpt,
+            steps=steps,
+            start_step=start_step,
+            train_loss=train_loss,
+            val=val,
+            genes=genes,
+            model_mpp=task.model_mpp,
+            wall_s=time.perf_counter() - t_start,
+            config=cfg,
+            model=model.eval(),
         )
+        if main:
+            _atomic_text(out / "summary.json", json.dumps(res.to_dict(), indent=1))
+        return res
 
+    if task.closed_form:
+        if cfg.optim.phases:
+            raise ConfigError(
+                f"{cfg.model.name!r} is fitted in closed form; optim.phases does not apply."
+            )
+        task.fit()
+        val = _validate(task) if data.has_val() and main else {}
+        return result(0, None, val, save(FINAL, 0, val) if main else out / f"{FINAL}.json")
+
+    phases = _phases(cfg, data.n_train_units(), world)
+    max_steps = phases[-1][2]
     if start_step == 0 and cfg.model.init_bias and hasattr(model, "set_output_bias"):
-        model.set_output_bias(torch.from_numpy(data.target_mean()), scale=scale)
+        model.set_output_bias(torch.from_numpy(data.target_mean()), scale=task.scale)
     params = [p for p in model.parameters() if p.requires_grad]
+    # one optimiser over every parameter: a parameter frozen in a phase has no gradient there,
+    # so Adam leaves it (and its moments) alone, and the state saves and resumes in any phase
     opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    max_steps = cfg.optim.max_steps
-    if cfg.optim.epochs is not None:
-        per_step = cfg.optim.batch_size * world
-        max_steps = math.ceil(cfg.optim.epochs * data.n_train_units() / per_step)
     if start_step:
         meta, tensors = load_training_state(out)
         _restore_state(meta, tensors, model, opt)
@@ -581,27 +530,8 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
         if start_step > max_steps:
             raise ConfigError(
                 f"the run is at step {start_step}, beyond max_steps={max_steps}; raise "
-                "optim.max_steps to continue it."
+                "optim.max_steps (or the steps of optim.phases) to continue it."
             )
-    ddp = model
-    if dist.distributed:
-        ddp = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    steps = range(start_step, max_steps)
-    if cfg.run.num_workers > 0:
-        batches = iter(
-            torch.utils.data.DataLoader(
-                dataset,
-                batch_size=None,
-                sampler=list(steps),
-                num_workers=cfg.run.num_workers,
-                collate_fn=_identity,
-                pin_memory=device.type == "cuda",
-            )
-        )
-    else:
-        batches = (dataset[s] for s in steps)
     logger = _Log(out, start_step, cfg.run.tensorboard) if main else None
     from tqdm.auto import tqdm
 
@@ -616,136 +546,98 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     last_loss: float | None = None
     val: dict = {}
     t0 = time.perf_counter()
-    ddp.train()
-    step = start_step
     try:
-        for step in steps:
-            batch = next(batches)
-            lr = _lr_at(step, cfg, max_steps)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            if kind == "dense":
-                loss, parts = _dense_loss(ddp, batch, data, cfg, device, scale, mode)
-            else:
-                from hexpress.models.loss import pixnet_loss
-
-                pred = ddp(batch.images.to(device, non_blocking=True))
-                target = batch.targets.to(device)
-                loss = pixnet_loss(pred, target, lam=cfg.loss.lam)
-                parts = [(pred.detach(), target)]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-            opt.step()
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                raise ConfigError(
-                    f"the loss became {lv} at step {step + 1}; lower optim.lr or check the data."
+        for phase, first, end in phases:
+            steps = range(max(first, start_step), end)
+            if not len(steps):
+                continue
+            task.enter(phase)
+            if len(phases) > 1:
+                log.info("phase %s: steps %d to %d", phase, steps.start + 1, end)
+            dataset = task.dataset(phase)
+            net = task.network(phase)
+            if dist.distributed:
+                net = nn.parallel.DistributedDataParallel(
+                    net, device_ids=[device.index] if device.type == "cuda" else None
                 )
-            ms = [_metrics(p, t) for p, t in parts]
-            window.append(
-                (
-                    lv,
-                    float(np.nanmean([m["mse"] for m in ms])) if ms else float("nan"),
-                    float(np.nanmean([m["pcc"] for m in ms])) if ms else float("nan"),
+            batches = _batches(dataset, steps, cfg, device)
+            for step in steps:
+                batch = next(batches)
+                lr = _lr_at(step, cfg, max_steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, parts = task.loss(net, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+                opt.step()
+                lv = float(loss.detach())
+                if not math.isfinite(lv):
+                    raise ConfigError(
+                        f"the loss became {lv} at step {step + 1}; lower optim.lr or check the "
+                        "data."
+                    )
+                ms = [_metrics(p, t) for p, t in parts]
+                window.append(
+                    (
+                        lv,
+                        float(np.nanmean([m["mse"] for m in ms])) if ms else float("nan"),
+                        float(np.nanmean([m["pcc"] for m in ms])) if ms else float("nan"),
+                    )
                 )
-            )
-            done = step + 1
-            bar.update(1)
-            if done % cfg.run.log_every == 0 or done == max_steps:
-                arr = np.asarray(window, dtype=np.float64)
-                with np.errstate(all="ignore"):
-                    row = dict(zip(("loss", "mse", "pcc"), np.nanmean(arr, axis=0), strict=True))
-                last_loss = float(row["loss"])
-                bar.set_postfix(loss=f"{last_loss:.4f}")
-                if logger:
-                    logger.row(done, "train", row, lr, time.perf_counter() - t0)
-                window = []
-            want_val = data.has_val() and (
-                (cfg.run.val_every and done % cfg.run.val_every == 0) or done == max_steps
-            )
-            if want_val and main:
-                val = _validate(_unwrap(ddp), val_batches(), kind, cfg, device, scale, mode)
-                vrow = {"mse": _mean_metric(val, "mse"), "pcc": _mean_metric(val, "pcc")}
-                if logger:
-                    logger.row(done, "val", vrow, lr, time.perf_counter() - t0)
-                log.info("step %d validation: %s", done, val)
-            if main and cfg.run.ckpt_every and done % cfg.run.ckpt_every == 0 and done < max_steps:
-                save(LAST, done, val, _unwrap(ddp))
-                _save_state(out, _unwrap(ddp), opt, done)
-            if cfg.run.ckpt_every and done % cfg.run.ckpt_every == 0:
-                barrier(dist)
-        final_step = max_steps
+                done = step + 1
+                bar.update(1)
+                if done % cfg.run.log_every == 0 or done == max_steps:
+                    arr = np.asarray(window, dtype=np.float64)
+                    with np.errstate(all="ignore"):
+                        row = dict(zip(("loss", "mse", "pcc"), np.nanmean(arr, axis=0),
+                                       strict=True))  # fmt: skip
+                    last_loss = float(row["loss"])
+                    bar.set_postfix(loss=f"{last_loss:.4f}")
+                    if logger:
+                        logger.row(done, "train", row, lr, time.perf_counter() - t0)
+                    window = []
+                want_val = data.has_val() and (
+                    (cfg.run.val_every and done % cfg.run.val_every == 0) or done == max_steps
+                )
+                if want_val and main:
+                    val = _validate(task)
+                    task.enter(phase)
+                    vrow = {"mse": _mean_metric(val, "mse"), "pcc": _mean_metric(val, "pcc")}
+                    if logger:
+                        logger.row(done, "val", vrow, lr, time.perf_counter() - t0)
+                    log.info("step %d validation: %s", done, val)
+                every = cfg.run.ckpt_every
+                if main and every and done % every == 0 and done < max_steps:
+                    save(LAST, done, val)
+                    _save_state(out, model, opt, done)
+                if every and done % every == 0:
+                    barrier(dist)
+        ckpt = out / f"{FINAL}.json"
         if main:
-            save(LAST, final_step, val, _unwrap(ddp))
-            _save_state(out, _unwrap(ddp), opt, final_step)
-            ckpt = save(FINAL, final_step, val, _unwrap(ddp))
+            save(LAST, max_steps, val)
+            _save_state(out, model, opt, max_steps)
+            ckpt = save(FINAL, max_steps, val)
         barrier(dist)
     finally:
         bar.close()
         if logger:
             logger.close()
-    result = RunResult(
-        out_dir=out,
-        checkpoint=out / f"{FINAL}.json" if not main else ckpt,
-        steps=max_steps,
-        start_step=start_step,
-        train_loss=last_loss,
-        val=val,
-        genes=genes,
-        model_mpp=model_mpp,
-        wall_s=time.perf_counter() - t_start,
-        config=cfg,
-        model=_unwrap(ddp).eval(),
-    )
-    if main:
-        _atomic_text(out / "summary.json", json.dumps(result.to_dict(), indent=1))
-    return result
+    return result(max_steps, last_loss, val, ckpt)
 
 
-def _fit_closed_form(cfg, model, dataset, data, val_batches, save, device, dist, out, t_start,
-                     model_mpp) -> RunResult:  # fmt: skip
-    """Frozen encoder + PCA + ridge, or the training mean: one pass over the training patches."""
-    from tqdm.auto import tqdm
-
-    feats, targets = [], []
-    wants_features = hasattr(model, "features")
-    batches = all_train_patches(dataset, max(cfg.optim.batch_size, 32))
-    n = len(dataset.stream)
-    with torch.no_grad():
-        bar = tqdm(total=n, desc=f"features {cfg.model.name}", disable=not cfg.run.progress)
-        for batch in batches:
-            if wants_features:
-                feats.append(model.features(batch.images.to(device)).cpu())
-            targets.append(batch.targets)
-            bar.update(len(batch.targets))
-        bar.close()
-    y = torch.cat(targets)
-    if wants_features:
-        model.fit(torch.cat(feats), y)
-    else:
-        model.fit(y)
-    val = {}
-    if data.has_val() and dist.is_main:
-        scale = float(cfg.data.norm_scale)
-        val = _validate(model, val_batches(), "patch", cfg, device, scale, "field")
-    ckpt = out / f"{FINAL}.json"
-    if dist.is_main:
-        ckpt = save(FINAL, 0, val, model)
-    result = RunResult(
-        out_dir=out,
-        checkpoint=ckpt,
-        steps=0,
-        start_step=0,
-        train_loss=None,
-        val=val,
-        genes=data.genes,
-        model_mpp=model_mpp,
-        wall_s=time.perf_counter() - t_start,
-        config=cfg,
-        model=model.eval(),
-    )
-    if dist.is_main:
-        _atomic_text(out / "summary.json", json.dumps(result.to_dict(), indent=1))
-    return result
+def _batches(dataset, steps: range, cfg: TrainConfig, device: torch.device) -> Iterator:
+    """The batches of ``steps`` (each a pure function of its step), in loader workers or here."""
+    if cfg.run.num_workers > 0:
+        return iter(
+            torch.utils.data.DataLoader(
+                dataset,
+                batch_size=None,
+                sampler=list(steps),
+                num_workers=cfg.run.num_workers,
+                collate_fn=_identity,
+                pin_memory=device.type == "cuda",
+            )
+        )
+    return (dataset[s] for s in steps)

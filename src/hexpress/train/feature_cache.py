@@ -1,0 +1,475 @@
+"""Frozen-encoder features of training slides, computed once per dihedral transform and kept on disk.
+
+Training a dense model's decoder on a frozen encoder does not need the encoder's forward pass at
+every step: the encoder pyramid of each training slide is computed once per transform of the
+square's 8 symmetries (flip left-right, then ``k`` quarter turns, as
+:mod:`hexpress.train.augment`) at ``model_mpp``, and each step slices it.
+
+The frame: the slide at ``model_mpp`` (``shape_at``), white-padded by ``pad_px`` on every side
+and then on the bottom/right up to a multiple of the network's total downsampling ``R``
+(the *canvas*; ``pad_px`` is a multiple of ``R`` and covers every aligned training crop, see
+:func:`hexpress.train.data.aligned_pad_px`). Transform ``t`` maps the canvas as
+:func:`hexpress.train.augment.d4_image` maps an image, and level ``l`` of its pyramid (stride
+``s_l``) is stored as a ``(C_l, H_t / s_l, W_t / s_l)`` array. The pyramid is computed tile by
+tile with a margin of the model's receptive field (``context_px``), as whole-slide inference does
+(:mod:`hexpress.infer.tiling`), so every stored cell equals one untiled pass over the canvas.
+
+A training crop at corner ``(x0, y0)`` (a multiple of ``R``), side ``S`` and transform ``t`` is
+read as the slice of the canvas rectangle ``[x0 + pad, y0 + pad, S, S]`` mapped by ``t``, at each
+level's stride. That slice is exactly what the encoder gives for the transformed crop read with
+``context_px`` of its surroundings (:class:`hexpress.train.data.DenseCropDataset` with
+``context_px``), which is how a frozen encoder is run on the fly; both paths round the features
+to the cache's dtype, so a run learns the same numbers from either.
+
+Layout, one zarr group per slide, encoder and ``model_mpp``::
+
+    <root>/<sample_id>/<encoder>_<mpp>umpx/
+        zarr.json           attrs: kind, format_version, key (what the features depend on)
+        t<t>/l<l>           (C_l, H_t / s_l, W_t / s_l) float16
+        done/t<t>.json      the key and transform, written last (atomically) per transform
+
+The key holds the encoder name, a SHA-256 of its weights, ``model_mpp``, the levels, the slide
+file's SHA-256 (or of its pixels for in-memory images), the canvas and the dtype. A group whose
+key differs is rebuilt, with a log line naming what changed; a transform without its ``done``
+file (a killed or failed build) is computed again, so a half-written cache never looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hexpress.errors import ConfigError, FormatError
+from hexpress.train.augment import AugmentParams, d4_image, d4_points
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FeatureCache",
+    "build_feature_cache",
+    "cache_key",
+    "cache_size_bytes",
+    "clear_cache",
+    "describe_cache",
+    "transform_index",
+    "transforms_for",
+    "weights_sha256",
+    "slide_sha256",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+_KIND = "hexpress-feature-cache"
+
+
+# -- what a cache depends on ----------------------------------------------------------------------
+
+
+def transform_index(params: AugmentParams | None) -> int:
+    """``k + 4 * flip`` of an augmentation draw (0: identity, also for ``None``)."""
+    if params is None:
+        return 0
+    return int(params.k) % 4 + 4 * int(bool(params.flip))
+
+
+def transforms_for(augment) -> list[int]:
+    """The transforms an augmentation config can draw (all 8 with flips and rot90)."""
+    if augment is None:
+        return [0]
+    ks = range(4) if augment.rot90 else [0]
+    flips = (False, True) if augment.flips else (False,)
+    return sorted(k + 4 * f for f in flips for k in ks)
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """SHA-256 over a module's state dict (names, dtypes, shapes and values, in order)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        a = t.detach().cpu().contiguous()
+        h.update(f"{name}:{a.dtype}:{tuple(a.shape)};".encode())
+        h.update(a.reshape(-1).view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+    return h.hexdigest()
+
+
+def slide_sha256(slide) -> str:
+    """SHA-256 of a training slide's image file, or of its pixels when it has no file."""
+    from hexpress.infer.engine import file_sha256
+
+    path = getattr(slide, "image_path", None)
+    if path is not None and Path(path).is_file():
+        return file_sha256(path)
+    img = slide.image
+    arr = getattr(img, "array", None)
+    if arr is None:
+        h, w = img.shape_at(img.mpp)
+        arr = img.read_at(img.mpp, 0, 0, w, h)
+    h = hashlib.sha256(f"{arr.shape}:{arr.dtype}:{img.mpp!r};".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model, slide, *, model_mpp: float, pad_px: int, context_px: int,
+              dtype: str = "float16") -> dict:  # fmt: skip
+    """What the cached pyramid of ``slide`` depends on (stored with it and checked on reuse)."""
+    h, w = slide.source.shape_at(model_mpp)
+    r = int(model.reduction)
+    return {
+        "encoder": str(model.encoder.name),
+        "weights_sha256": weights_sha256(model.encoder),
+        "model_mpp": float(model_mpp),
+        "levels": [int(s) for s in model.level_strides],
+        "slide": slide.sample_id,
+        "slide_sha256": slide_sha256(slide),
+        "slide_shape": [int(h), int(w)],
+        "pad_px": int(pad_px),
+        "canvas_shape": [_round_up(h + 2 * pad_px, r), _round_up(w + 2 * pad_px, r)],
+        "context_px": int(context_px),
+        "dtype": str(dtype),
+    }
+
+
+def _round_up(v: int, a: int) -> int:
+    return int(math.ceil(v / a) * a)
+
+
+def _folder(root: Path, sample_id: str, encoder: str, model_mpp: float) -> Path:
+    return root / sample_id / f"{encoder}_{model_mpp:g}umpx"
+
+
+def d4_rect(x0: int, y0: int, w: int, h: int, width: int, height: int, k: int, flip: bool):
+    """Where the rectangle ``[x0, x0 + w) x [y0, y0 + h)`` of a ``width x height`` image lies
+    after :func:`hexpress.train.augment.d4_image`: ``(x0', y0', w', h')``."""
+    p = d4_points(np.array([[x0, y0], [x0 + w, y0 + h]]), width, height, k, flip)
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    return (
+        int(round(lo[0])),
+        int(round(lo[1])),
+        int(round(hi[0] - lo[0])),
+        int(round(hi[1] - lo[1])),
+    )
+
+
+def _key_diff(old: dict, new: dict) -> list[str]:
+    return [
+        f"{k} {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+
+
+def _atomic_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(value, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+def _open_group(folder: Path, key: dict):
+    """The slide's zarr group, created (or recreated, saying why) when its key differs."""
+    import zarr
+
+    if folder.exists():
+        try:
+            group = zarr.open_group(str(folder), mode="r+")
+            attrs = dict(group.attrs)
+        except Exception as e:  # zarr raises several types for foreign folders
+            log.warning("feature cache %s is not readable (%s): rebuilding it", folder, e)
+            attrs = None
+        if attrs is not None and attrs.get("kind") != _KIND:
+            raise FormatError(
+                f"{folder} is not a hexpress feature cache (no '{_KIND}' marker); move it away "
+                "or choose another run.feature_cache folder."
+            )
+        if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
+            old = attrs.get("key", {})
+            if old == key:
+                return group
+            log.info(
+                "feature cache %s was built for other inputs (%s): rebuilding it",
+                folder,
+                "; ".join(_key_diff(old, key)),
+            )
+        elif attrs is not None:
+            log.info("feature cache %s has format %s: rebuilding it", folder,
+                     attrs.get("format_version"))  # fmt: skip
+        shutil.rmtree(folder)
+    else:
+        log.info("no feature cache for %s at %s yet: building it", key["slide"], folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(str(folder), mode="w")
+    group.attrs.update({"kind": _KIND, "format_version": FORMAT_VERSION, "key": key})
+    return group
+
+
+def _marker(folder: Path, t: int) -> Path:
+    return folder / "done" / f"t{t}.json"
+
+
+def _transform_done(folder: Path, t: int, key: dict) -> bool:
+    try:
+        meta = json.loads(_marker(folder, t).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return meta.get("key") == key and meta.get("transform") == t
+
+
+def build_feature_cache(
+    model,
+    slides: Sequence,
+    *,
+    root: str | Path,
+    model_mpp: float,
+    crop_px: int,
+    transforms: Sequence[int],
+    tile_px: int | None = None,
+    dtype: str = "float16",
+    progress: bool = True,
+) -> FeatureCache:
+    """Compute (or reuse) the frozen-encoder pyramid of every slide for every transform.
+
+    Args:
+        model: a dense model with ``encode`` / ``level_strides`` / ``reduction`` /
+            ``receptive_field_px`` (:class:`hexpress.models.PixNet`); its encoder runs in eval
+            mode, without gradients.
+        slides: :class:`hexpress.train.data.SlideData` to cache.
+        root: the cache folder (``run.feature_cache``).
+        model_mpp: µm per input px.
+        crop_px: side of the training crops (sets how far the canvas reaches past the slide).
+        transforms: transform indices ``k + 4 * flip`` to cache.
+        tile_px: encoder tile side (default: about 1024 px of core plus the margins).
+        dtype: storage dtype (``float16``).
+        progress: show a progress bar.
+
+    Returns:
+        :class:`FeatureCache` over ``slides`` in their order.
+    """
+    from tqdm.auto import tqdm
+
+    from hexpress.infer.tiling import DEFAULT_CORE_PX, make_tile_grid
+    from hexpress.train.data import aligned_pad_px
+
+    root = Path(root)
+    r = int(model.reduction)
+    pad = aligned_pad_px(crop_px, r)
+    context = int(model.receptive_field_px)
+    strides = [int(s) for s in model.level_strides]
+    plans = []
+    for slide in slides:
+        key = cache_key(model, slide, model_mpp=model_mpp, pad_px=pad, context_px=context,
+                        dtype=dtype)  # fmt: skip
+        folder = _folder(root, slide.sample_id, key["encoder"], model_mpp)
+        group = _open_group(folder, key)
+        todo = [t for t in transforms if not _transform_done(folder, t, key)]
+        if tile_px is None:  # about DEFAULT_CORE_PX of core, less on a small canvas
+            core = min(_round_up(DEFAULT_CORE_PX, r), max(key["canvas_shape"]))
+            tile_px = core + 2 * _round_up(context, r)
+        grid = make_tile_grid(tuple(key["canvas_shape"]), stride=r, receptive_field_px=context,
+                              tile_px=tile_px, align_px=r)  # fmt: skip
+        plans.append((slide, key, folder, group, todo, grid))
+    total = sum(len(todo) * len(grid) for *_, todo, grid in plans)
+    was_training = model.encoder.training
+    model.encoder.eval()
+    bar = tqdm(total=total, desc="feature cache", unit="tile", disable=not progress or not total)
+    try:
+        for slide, key, folder, group, todo, grid in plans:
+            hc, wc = key["canvas_shape"]
+            for t in todo:
+                k, flip = t % 4, t >= 4
+                ht, wt = (wc, hc) if k % 2 else (hc, wc)
+                arrays = []
+                for lv, s in enumerate(strides):
+                    ch = int(model.encoder.feature_info.channels()[model.levels[lv]])
+                    side = max(1, 256 // s)
+                    arrays.append(
+                        group.create_array(
+                            f"t{t}/l{lv}",
+                            shape=(ch, ht // s, wt // s),
+                            chunks=(ch, side, side),
+                            dtype=dtype,
+                            overwrite=True,
+                        )  # fmt: skip
+                    )
+                for tile in grid:
+                    _encode_tile(model, slide, tile, grid, key, k, flip, arrays, strides, dtype)
+                    bar.update(1)
+                _atomic_json(_marker(folder, t), {"key": key, "transform": t})
+            log.info(
+                "feature cache %s: %d transform(s) built, %d reused, %.1f MB on disk",
+                folder, len(todo), len(transforms) - len(todo), cache_size_bytes(folder) / 1e6,
+            )  # fmt: skip
+    finally:
+        bar.close()
+        model.encoder.train(was_training)
+    return FeatureCache(
+        [folder for _, _, folder, *_ in plans],
+        [key for _, key, *_ in plans],
+        transforms=list(transforms),
+    )
+
+
+@torch.no_grad()
+def _encode_tile(model, slide, tile, grid, key, k, flip, arrays, strides, dtype) -> None:
+    hc, wc = key["canvas_shape"]
+    pad, mpp, r = key["pad_px"], key["model_mpp"], int(model.reduction)
+    side = grid.tile_px
+    img = slide.read_at(mpp, tile.read_x - pad, tile.read_y - pad, side, side)
+    img = d4_image(img, k, flip)
+    x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))[None].astype(np.float32))
+    device = next(model.parameters()).device
+    feats = model.encode((x / 255.0).to(device))
+    # the tile's core, in canvas px, then in the transformed tile and the transformed canvas
+    cx0, cy0 = tile.cell_x0 * r, tile.cell_y0 * r
+    cw, ch = (tile.cell_x1 - tile.cell_x0) * r, (tile.cell_y1 - tile.cell_y0) * r
+    tx, ty, tw, th = d4_rect(cx0 - tile.read_x, cy0 - tile.read_y, cw, ch, side, side, k, flip)
+    ux, uy, _, _ = d4_rect(cx0, cy0, cw, ch, wc, hc, k, flip)
+    for f, s, arr in zip(feats, strides, arrays, strict=True):
+        core = f[0, :, ty // s : (ty + th) // s, tx // s : (tx + tw) // s]
+        arr[:, uy // s : (uy + th) // s, ux // s : (ux + tw) // s] = (
+            core.to(getattr(torch, dtype)).cpu().numpy()
+        )
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureCache:
+    """Cached pyramids of a list of slides, read as training crops (``DenseCropDataset.features``).
+
+    Attributes:
+        folders: one cache group per slide, in the dataset's slide order.
+        keys: their keys.
+        transforms: the transforms cached (a crop drawn with another one is an error).
+    """
+
+    folders: list[Path]
+    keys: list[dict]
+    transforms: list[int]
+
+    def __post_init__(self) -> None:
+        self._arrays: dict[tuple[int, int], list] = {}
+
+    def __getstate__(self) -> dict:  # loader workers reopen the stores
+        return {"folders": self.folders, "keys": self.keys, "transforms": self.transforms}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arrays = {}
+
+    def _levels(self, si: int, t: int) -> list:
+        got = self._arrays.get((si, t))
+        if got is None:
+            import zarr
+
+            if t not in self.transforms:
+                raise ConfigError(
+                    f"transform {t} is not in the feature cache (cached: {self.transforms}); "
+                    "build the cache with the run's augmentation."
+                )
+            group = zarr.open_group(str(self.folders[si]), mode="r")
+            got = [group[f"t{t}/l{lv}"] for lv in range(len(self.keys[si]["levels"]))]
+            self._arrays[(si, t)] = got
+        return got
+
+    def read(self, si: int, x0: int, y0: int, crop_px: int, params: AugmentParams | None):
+        """The pyramid of the crop at ``(x0, y0)`` (slide px at ``model_mpp``, multiples of the
+        network's downsampling) after ``params``' flip/rotation: per level
+        ``(C_l, crop_px / s_l, crop_px / s_l)`` in the cache's dtype."""
+        key = self.keys[si]
+        pad = key["pad_px"]
+        hc, wc = key["canvas_shape"]
+        t = transform_index(params)
+        x, y = x0 + pad, y0 + pad
+        if x < 0 or y < 0 or x + crop_px > wc or y + crop_px > hc:
+            raise ConfigError(
+                f"crop at ({x0}, {y0}) of {crop_px} px lies outside the cached canvas of "
+                f"{key['slide']} (pad {pad} px); rebuild the cache for this crop size."
+            )
+        ux, uy, _, _ = d4_rect(x, y, crop_px, crop_px, wc, hc, t % 4, t >= 4)
+        out = []
+        for arr, s in zip(self._levels(si, t), key["levels"], strict=True):
+            n = crop_px // s
+            out.append(np.asarray(arr[:, uy // s : uy // s + n, ux // s : ux // s + n]))
+        return out
+
+    def size_bytes(self) -> int:
+        return sum(cache_size_bytes(f) for f in self.folders)
+
+
+# -- looking after the cache folder ---------------------------------------------------------------
+
+
+def cache_size_bytes(path: str | Path) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def describe_cache(root: str | Path) -> list[dict]:
+    """One entry per cached slide group under ``root``: folder, slide, encoder, ``model_mpp``,
+    transforms complete, bytes on disk."""
+    import zarr
+
+    root = Path(root)
+    out = []
+    if not root.is_dir():
+        return out
+    for zj in sorted(root.glob("*/*/zarr.json")):
+        folder = zj.parent
+        try:
+            attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
+        except Exception:  # zarr raises several types for foreign folders
+            continue
+        if attrs.get("kind") != _KIND:
+            continue
+        key = attrs.get("key", {})
+        done = sorted(t for t in range(8) if _transform_done(folder, t, key))
+        out.append(
+            {
+                "folder": str(folder),
+                "slide": key.get("slide"),
+                "encoder": key.get("encoder"),
+                "model_mpp": key.get("model_mpp"),
+                "transforms_done": done,
+                "bytes": cache_size_bytes(folder),
+            }
+        )
+    return out
+
+
+def clear_cache(root: str | Path) -> int:
+    """Delete the feature cache groups under ``root`` (only folders that are hexpress feature
+    caches); returns the bytes freed."""
+    root = Path(root)
+    freed = 0
+    for entry in describe_cache(root):
+        folder = Path(entry["folder"])
+        freed += entry["bytes"]
+        shutil.rmtree(folder)
+        parent = folder.parent
+        if parent != root and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+    return freed
