@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `hexpress --help` lists them.
-COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "evaluate", "bench", "demo")  # fmt: skip
+COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "evaluate", "bench", "demo", "cache")  # fmt: skip
 
 
 @app.callback()

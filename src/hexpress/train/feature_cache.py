@@ -186,7 +186,11 @@ def _atomic_json(path: Path, value: dict) -> None:
 
 
 def _open_group(folder: Path, key: dict):
-    """The slide's zarr group, created (or recreated, saying why) when its key differs."""
+    """The slide's zarr group, created (or recreated, saying why) when its key differs.
+
+    Raises:
+        FormatError: ``folder`` exists and is not a hexpress feature cache (never deleted).
+    """
     import zarr
 
     if folder.exists():
@@ -194,32 +198,34 @@ def _open_group(folder: Path, key: dict):
             group = zarr.open_group(str(folder), mode="r+")
             attrs = dict(group.attrs)
         except Exception as e:  # zarr raises several types for foreign folders
-            log.warning("feature cache %s is not readable (%s): rebuilding it", folder, e)
-            attrs = None
-        if attrs is not None and attrs.get("kind") != _KIND:
+            attrs = {"error": str(e)}
+        if attrs.get("kind") != _KIND:
             raise FormatError(
-                f"{folder} is not a hexpress feature cache (no '{_KIND}' marker); move it away "
-                "or choose another run.feature_cache folder."
+                f"{folder} is not a hexpress feature cache ({attrs.get('error') or 'no ' + _KIND!r}"
+                " marker); move it away or choose another run.feature_cache folder."
             )
-        if attrs is not None and attrs.get("format_version") == FORMAT_VERSION:
-            old = attrs.get("key", {})
-            if old == key:
-                return group
-            log.info(
-                "feature cache %s was built for other inputs (%s): rebuilding it",
-                folder,
-                "; ".join(_key_diff(old, key)),
-            )
-        elif attrs is not None:
-            log.info("feature cache %s has format %s: rebuilding it", folder,
-                     attrs.get("format_version"))  # fmt: skip
+        old = attrs.get("key", {})
+        if attrs.get("format_version") == FORMAT_VERSION and old == key:
+            return group
+        if attrs.get("format_version") != FORMAT_VERSION:
+            why = f"format {attrs.get('format_version')} -> {FORMAT_VERSION}"
+        else:
+            why = "; ".join(_key_diff(old, key))
+        log.info("feature cache %s was built for other inputs (%s): rebuilding it", folder, why)
         shutil.rmtree(folder)
     else:
         log.info("no feature cache for %s at %s yet: building it", key["slide"], folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    group = zarr.open_group(str(folder), mode="w")
-    group.attrs.update({"kind": _KIND, "format_version": FORMAT_VERSION, "key": key})
-    return group
+    # the group appears under its final name only once it describes itself
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        group.attrs.update({"kind": _KIND, "format_version": FORMAT_VERSION, "key": key})
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return zarr.open_group(str(folder), mode="r+")
 
 
 def _marker(folder: Path, t: int) -> Path:
