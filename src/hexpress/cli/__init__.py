@@ -21,7 +21,7 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `hexpress --help` lists them.
-COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "evaluate", "bench", "demo", "cache")  # fmt: skip
+COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "evaluate", "bench", "demo", "cache", "study")  # fmt: skip
 
 
 @app.callback()

@@ -1,0 +1,248 @@
+"""Ablation studies: a grid of training settings, each scored on validation blocks of the training
+sections of every fold, with the choice per family made from those scores alone.
+
+``hexpress study CONFIG`` (or :func:`run_study`) expands a study config into runs, trains each
+(a finished run is reused, a killed one resumes), reads its validation metrics and writes one
+table. A config looks like::
+
+    name: PRESTIGE-ST ablation
+    out_dir: runs/study_prestige
+    overrides: [data.val_fraction=0.1, data.val_block_um=500]   # every run: validation blocks
+    folds:
+      - {name: test_A, overrides: [data.split=test_A]}
+      - {name: test_C, overrides: [data.split=test_C]}
+    families:
+      - name: patch
+        recipe: effnet_patch_her2st.yaml          # relative to this file
+        overrides: [optim.max_steps=150]
+        axes:                                     # every combination of one level per axis
+          patch_um:
+            "56": [model.kwargs.patch_um=56]
+            "112": [model.kwargs.patch_um=112]
+          encoder:
+            lite0: [model.name=lite0_patch]
+            lite2: {overrides: [model.name=lite2_patch], encoder: efficientnet_lite2}
+
+A level is a list of overrides, or a mapping with ``overrides`` and ``encoder`` (an encoder the
+level needs, for models whose name fixes it). A run whose overrides do not make a valid config
+here (an option not present, e.g. ``data.stain...``), or that names an unregistered model or
+encoder, is **skipped** with the reason in the table, so a study written for options still to
+come runs with what exists.
+
+Only validation metrics are read (``data.val_fraction`` blocks of the training sections, or
+``data.val`` sections of the training side); a config whose runs have no validation part is
+refused. Test sections are never read by a run. ``out_dir`` then holds ``study.csv`` / ``.md``
+(one row per setting: validation PCC per fold and their mean) and ``chosen.json`` (per family,
+the setting with the best mean validation PCC, and its overrides).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hexpress.errors import ConfigError, HexpressError
+from hexpress.train.config import load_config, read_yaml
+
+__all__ = ["StudyRun", "expand_study", "run_study", "load_study"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyRun:
+    """One setting of one family on one fold.
+
+    Attributes:
+        family: the family name.
+        fold: the fold name.
+        levels: ``{axis: level}`` of this setting.
+        recipe: the training recipe.
+        overrides: every override, in precedence order (study, family, fold, levels).
+        out_dir: the run folder.
+        skipped: why the run cannot be made here (``None``: it can).
+    """
+
+    family: str
+    fold: str
+    levels: dict[str, str]
+    recipe: Path
+    overrides: list[str]
+    out_dir: Path
+    skipped: str | None = None
+    val: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def setting(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.levels.items())
+
+
+def load_study(path: str | Path) -> dict:
+    """A study config as a dict, with its folder (recipes are relative to it)."""
+    path = Path(path)
+    doc = read_yaml(path)
+    for key in ("families", "folds"):
+        if not isinstance(doc.get(key), list) or not doc[key]:
+            raise ConfigError(f"{path}: '{key}' must be a non-empty list.")
+    unknown = sorted(set(doc) - {"name", "out_dir", "overrides", "folds", "families"})
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {unknown}; valid: name, out_dir, overrides, folds, families."
+        )
+    doc["_dir"] = str(path.parent)
+    return doc
+
+
+def _level(name: str, axis: str, value) -> tuple[list[str], str | None]:
+    if isinstance(value, list):
+        return [str(v) for v in value], None
+    if isinstance(value, dict) and set(value) <= {"overrides", "encoder"}:
+        return [str(v) for v in value.get("overrides", [])], value.get("encoder")
+    raise ConfigError(
+        f"family {name!r}, axis {axis!r}: a level is a list of overrides or "
+        f"{{overrides: [...], encoder: NAME}}, got {value!r}."
+    )
+
+
+def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None:
+    """Why this run cannot be made here, or ``None``."""
+    from hexpress.models import list_models
+    from hexpress.models.encoders import list_encoders
+
+    try:
+        cfg = load_config(recipe, overrides)
+    except HexpressError as e:  # e.g. an option this install does not have
+        return f"not available here: {str(e).split('; valid')[0]}"
+    if cfg.model.name not in list_models():
+        return f"model {cfg.model.name!r} is not registered here"
+    encoders = list_encoders()
+    for enc in [cfg.model.kwargs.get("encoder"), *needs]:
+        if enc is not None and enc not in encoders:
+            return f"encoder {enc!r} is not registered here"
+    if not (cfg.data.val or cfg.data.val_fraction > 0):
+        return "no validation part (set data.val_fraction or data.val)"
+    return None
+
+
+def expand_study(doc: dict) -> list[StudyRun]:
+    """Every run of a study config (:func:`load_study`), skipped ones included, in order."""
+    base = Path(doc["_dir"])
+    out = Path(doc.get("out_dir", "runs/study"))
+    runs = []
+    for fam in doc["families"]:
+        name = fam.get("name")
+        if not name or "recipe" not in fam:
+            raise ConfigError(f"every family needs a name and a recipe, got {fam!r}.")
+        axes = fam.get("axes") or {}
+        if not isinstance(axes, dict):
+            raise ConfigError(f"family {name!r}: axes must be a mapping of axis -> levels.")
+        names = list(axes)
+        choices = [[(lv, *_level(name, a, v)) for lv, v in axes[a].items()] for a in names]
+        for fold in doc["folds"]:
+            for combo in itertools.product(*choices):
+                levels = {a: str(c[0]) for a, c in zip(names, combo, strict=True)}
+                ovr = [*doc.get("overrides", []), *fam.get("overrides", []),
+                       *fold.get("overrides", [])]  # fmt: skip
+                needs = []
+                for c in combo:
+                    ovr += c[1]
+                    if c[2]:
+                        needs.append(c[2])
+                tag = "_".join(f"{a}-{v}" for a, v in levels.items()) or "default"
+                run_dir = out / "runs" / fold["name"] / name / tag
+                ovr.append(f"run.out_dir={run_dir}")
+                recipe = base / fam["recipe"]
+                runs.append(
+                    StudyRun(
+                        name,
+                        fold["name"],
+                        levels,
+                        recipe,
+                        ovr,
+                        run_dir,
+                        _why_not(recipe, ovr, needs),
+                    )  # fmt: skip
+                )
+    return runs
+
+
+def _score(run: StudyRun) -> float | None:
+    vals = [v.get("pcc") for v in run.val.values() if v.get("n_units")]
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
+
+
+def run_study(path: str | Path, *, dry_run: bool = False) -> dict:
+    """Expand, train (unless ``dry_run``) and tabulate a study.
+
+    Returns:
+        ``{"runs": [...], "table": [...], "chosen": {...}}``; with ``dry_run`` the runs only
+        (what would be trained, and what is skipped and why).
+    """
+    import pandas as pd
+
+    from hexpress.eval.report import markdown_table
+    from hexpress.train.trainer import train
+
+    doc = load_study(path)
+    runs = expand_study(doc)
+    listing = [
+        {
+            "family": r.family,
+            "fold": r.fold,
+            "setting": r.setting,
+            "out_dir": str(r.out_dir),
+            "skipped": r.skipped,
+            "overrides": r.overrides,
+        }  # fmt: skip
+        for r in runs
+    ]
+    for r in runs:
+        if r.skipped:
+            log.warning("skipped %s / %s / %s: %s", r.family, r.fold, r.setting, r.skipped)
+    if dry_run:
+        return {"runs": listing}
+    for r in runs:
+        if r.skipped:
+            continue
+        summary = r.out_dir / "summary.json"
+        if summary.is_file():
+            r.val = json.loads(summary.read_text()).get("val", {})
+            continue
+        cfg = load_config(r.recipe, r.overrides)
+        state = r.out_dir / "state.json"
+        r.val = train(cfg, resume=state.is_file()).val
+    folds = [f["name"] for f in doc["folds"]]
+    rows = {}
+    for r in runs:
+        row = rows.setdefault((r.family, r.setting), {"family": r.family, "setting": r.setting})
+        row[f"val_pcc_{r.fold}"] = None if r.skipped else _score(r)
+        if r.skipped:
+            row["skipped"] = r.skipped
+    table = []
+    for row in rows.values():
+        got = [row.get(f"val_pcc_{f}") for f in folds]
+        row["val_pcc_mean"] = sum(got) / len(got) if all(g is not None for g in got) else None
+        table.append(row)
+    chosen = {}
+    for fam in dict.fromkeys(r["family"] for r in table):
+        ok = [r for r in table if r["family"] == fam and r["val_pcc_mean"] is not None]
+        if ok:
+            best = max(ok, key=lambda r: r["val_pcc_mean"])
+            levels = next(
+                x.levels for x in runs if x.family == fam and x.setting == best["setting"]
+            )
+            chosen[fam] = {"setting": best["setting"], "levels": levels,
+                           "val_pcc_mean": best["val_pcc_mean"]}  # fmt: skip
+    out = Path(doc.get("out_dir", "runs/study"))
+    out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(table)
+    df.to_csv(out / "study.csv", index=False)
+    (out / "study.md").write_text(markdown_table(df))
+    (out / "chosen.json").write_text(json.dumps(chosen, indent=1))
+    return {"runs": listing, "table": table, "chosen": chosen}

@@ -1,0 +1,123 @@
+"""Ablation studies: the PRESTIGE-ST config expands to the right runs; a tiny study trains, scores
+on validation blocks only and chooses from them."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import write_legacy_st
+
+from hexpress.errors import ConfigError
+from hexpress.models import list_models
+from hexpress.models.encoders import list_encoders
+from hexpress.train import load_config
+from hexpress.train.study import expand_study, load_study, run_study
+
+REPO = Path(__file__).resolve().parents[2]
+PRESTIGE = REPO / "configs" / "study_prestige_her2st.yaml"
+
+
+def test_prestige_config_expands_to_the_grid_and_skips_what_is_missing():
+    runs = expand_study(load_study(PRESTIGE))
+    assert len(runs) == 2 * (3 * 2 * 2 * 2) * 2  # folds x (size|mpp x encoder x training x stain)
+    assert len({(r.fold, r.family, r.setting) for r in runs}) == len(runs)
+    assert len({r.out_dir for r in runs}) == len(runs)
+    lite2_here = "efficientnet_lite2" in list_encoders()
+    for r in runs:
+        lite2 = r.levels["encoder"] == "lite2"
+        stain = r.levels["stain"] == "on"
+        needs_missing = (lite2 and not lite2_here) or (
+            lite2 and r.family == "patch baseline" and "lite2_patch" not in list_models()
+        )
+        if needs_missing:
+            assert r.skipped and ("not registered" in r.skipped or "not available" in r.skipped)
+        if r.skipped:
+            continue
+        cfg = load_config(r.recipe, r.overrides)
+        # choices are made on validation blocks of the training sections, never on test ones
+        assert cfg.data.val_fraction > 0 and cfg.data.split == r.fold
+        assert Path(cfg.run.out_dir) == r.out_dir
+        phases = [next(iter(p)) for p in cfg.optim.phases]
+        if r.family == "patch baseline":
+            assert cfg.model.kwargs["patch_um"] == float(r.levels["patch_um"])
+        else:
+            assert cfg.data.model_mpp == float(r.levels["model_mpp"])
+            assert cfg.model.kwargs["encoder"] in list_encoders()
+            assert phases[-1] == "finetune"
+        assert ("frozen" in phases) == (r.levels["training"] == "frozen")
+        assert not stain or "stain" in yaml.safe_dump(r.overrides)
+    # in this install at least the Lite0 rows of both families run, on both folds
+    ok = [r for r in runs if not r.skipped]
+    assert {(r.family, r.fold) for r in ok} == {
+        (f, k) for f in ("patch baseline", "PixNet") for k in ("test_A", "test_C")
+    }
+
+
+def test_dry_run_trains_nothing(tmp_path):
+    doc = yaml.safe_load(PRESTIGE.read_text())
+    doc["out_dir"] = str(tmp_path / "study")
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    (tmp_path / "effnet_patch_her2st.yaml").write_text(
+        (REPO / "configs" / "effnet_patch_her2st.yaml").read_text()
+    )
+    (tmp_path / "pixnet_her2st.yaml").write_text(
+        (REPO / "configs" / "pixnet_her2st.yaml").read_text()
+    )
+    out = run_study(cfg, dry_run=True)
+    assert len(out["runs"]) == 96 and not (tmp_path / "study").exists()
+
+
+@pytest.mark.slow
+def test_tiny_study_scores_on_validation_and_chooses_from_it(tmp_path):
+    write_legacy_st(tmp_path / "data")
+    recipe = yaml.safe_load((REPO / "configs" / "tiny_smoke.yaml").read_text())
+    recipe["data"].update(root=str(tmp_path / "data"), train=["S1", "S2"], val_fraction=0.3,
+                          val_block_um=60)  # fmt: skip
+    recipe["run"].update(progress=False, device="cpu")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    study = {
+        "out_dir": str(tmp_path / "study"),
+        "overrides": ["optim.max_steps=2", "run.feature_cache=" + str(tmp_path / "cache")],
+        "folds": [{"name": "all", "overrides": []}],
+        "families": [
+            {
+                "name": "tiny",
+                "recipe": "tiny.yaml",
+                "axes": {
+                    "training": {
+                        "end_to_end": [],
+                        "frozen": ["optim.phases=[{frozen: 2}]"],
+                    },
+                    "stain": {"off": [], "on": ["data.no_such_option=1"]},
+                },
+            }
+        ],
+    }
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    out = run_study(tmp_path / "study.yaml")
+    table = {r["setting"]: r for r in out["table"]}
+    assert set(table) == {f"training={t}, stain={s}" for t in ("end_to_end", "frozen")
+                          for s in ("off", "on")}  # fmt: skip
+    assert "data.no_such_option" in table["training=frozen, stain=on"]["skipped"]
+    scored = {k: r["val_pcc_mean"] for k, r in table.items() if r["val_pcc_mean"] is not None}
+    assert len(scored) == 2
+    for k in scored:  # the score is the run's validation PCC (held-out blocks of S1, S2)
+        run = next(r for r in out["runs"] if r["setting"] == k)
+        val = json.loads((Path(run["out_dir"]) / "summary.json").read_text())["val"]
+        assert scored[k] == pytest.approx(val["units"]["pcc"])
+        assert val["units"]["n_units"] > 0
+    best = max(scored, key=scored.get)
+    assert out["chosen"]["tiny"]["setting"] == best
+    assert json.loads((tmp_path / "study" / "chosen.json").read_text())["tiny"]["setting"] == best
+    assert "val_pcc_all" in (tmp_path / "study" / "study.md").read_text()
+    # a second call reuses the finished runs
+    again = run_study(tmp_path / "study.yaml")
+    assert again["chosen"] == out["chosen"]
+
+
+def test_a_study_without_families_is_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text("folds: [{name: a}]\nfamilies: []\n")
+    with pytest.raises(ConfigError, match="families"):
+        load_study(tmp_path / "s.yaml")
