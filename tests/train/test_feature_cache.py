@@ -279,3 +279,36 @@ def test_cache_cli_reports_and_clears(slides_and_model, tmp_path):
     assert out.exit_code == 0 and "removed" in out.output
     assert fc.describe_cache(root) == [] and (root / "keep.txt").is_file()
     assert not (root / "S1").exists()
+
+
+def test_ridge_fits_from_the_cache_as_from_the_encoder(samples, tmp_path):
+    extra = ["model.name=test_ridge", "model.kwargs={patch_um: 24, input_px: 32}",
+             "data.train=[S1, S2]"]  # fmt: skip
+    a = train(_cfg(tmp_path / "a", tmp_path / "cache", *extra), samples=samples)
+    b = train(_cfg(tmp_path / "b", "null", *extra), samples=samples)
+    (entry, *_) = fc.describe_cache(tmp_path / "cache")
+    assert entry["transforms_done"] == [0] and "patch24um_32px" in entry["folder"]
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert bool(sa["fitted"]) and not torch.equal(sa["coef"], torch.zeros_like(sa["coef"]))
+    for k in ("pca_mean", "pca_components", "coef", "intercept"):
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_patch_model_frozen_phase_from_the_cache_equals_on_the_fly(samples, tmp_path):
+    extra = ["model.name=test_patch", "model.kwargs={patch_um: 24, input_px: 32}",
+             "optim.phases=[{frozen: 3}]", "optim.batch_size=4"]  # fmt: skip
+    a = train(_cfg(tmp_path / "a", tmp_path / "cache", *extra), samples=samples)
+    b = train(_cfg(tmp_path / "b", "null", *extra), samples=samples)
+    assert sorted(fc.describe_cache(tmp_path / "cache")[0]["transforms_done"]) == list(range(8))
+
+    def losses(run):
+        return [float(r.split(",")[2]) for r in (run / "log.csv").read_text().splitlines()[1:]]
+
+    np.testing.assert_allclose(losses(tmp_path / "a"), losses(tmp_path / "b"), rtol=1e-5)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-4, atol=1e-6, msg=k)
+    torch.manual_seed(0)
+    init = create_model("test_patch", n_genes=6, patch_um=24, input_px=32).state_dict()
+    assert all(torch.equal(sa[k], init[k]) for k in sa if k.startswith("encoder."))
+    assert not torch.equal(sa["head.weight"], init["head.weight"])

@@ -440,11 +440,13 @@ class DenseBatch:
 
 @dataclass
 class PatchBatch:
-    """A batch of patches: ``images (B, 3, P, P)``, ``targets (B, G)``, ``unit_index (B, 2)``."""
+    """A batch of patches: ``images (B, 3, P, P)``, ``targets (B, G)``, ``unit_index (B, 2)``;
+    or, from a feature cache, ``features (B, F)`` of the frozen encoder instead of ``images``."""
 
-    images: torch.Tensor
+    images: torch.Tensor | None
     targets: torch.Tensor
     unit_index: np.ndarray
+    features: torch.Tensor | None = None
 
 
 def crop_units(
@@ -722,7 +724,9 @@ class PatchDataset(torch.utils.data.Dataset):
         slides: training slides.
         patch_um: patch side in µm.
         input_px: side in px the patch is resampled to.
-        batch_size, seed, augment, rank, world_size: as for :class:`DenseCropDataset`.
+        batch_size, seed, augment, rank, world_size, colour: as for :class:`DenseCropDataset`.
+        features: cached pooled encoder features (``read(slide_index, unit_index, params) ->
+            (F,)``, :class:`hexpress.train.feature_cache.PooledFeatures`), read instead of pixels.
     """
 
     def __init__(
@@ -736,11 +740,15 @@ class PatchDataset(torch.utils.data.Dataset):
         augment: AugmentConfig | None,
         rank: int = 0,
         world_size: int = 1,
+        colour: bool = True,
+        features=None,
     ):
         self._options = dict(
             patch_um=patch_um, input_px=input_px, batch_size=batch_size, seed=seed,
-            augment=augment, rank=rank, world_size=world_size,
+            augment=augment, rank=rank, world_size=world_size, colour=colour, features=features,
         )  # fmt: skip
+        self.colour = bool(colour)
+        self.features = features
         self.slides = slides
         self.patch_um = float(patch_um)
         self.input_px = int(input_px)
@@ -770,18 +778,26 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def batch(self, units: np.ndarray, rng: np.random.Generator | None) -> PatchBatch:
         """Patches of ``(slide, unit)`` pairs; augmented when ``rng`` is given."""
-        images, targets = [], []
+        images, targets, feats = [], [], []
         for si, ui in units:
             us = self.slides[int(si)].units[0]
-            img = self.slides[int(si)].read_patch(us.centers_um[ui], self.patch_um, self.input_px)
+            params = None
             if rng is not None and self.augment is not None:
-                img = augment(img, sample_params(self.augment, rng))
-            images.append(img)
+                params = sample_params(self.augment, rng)
+                if not self.colour:
+                    params = AugmentParams(k=params.k, flip=params.flip)
+            if self.features is not None:
+                feats.append(self.features.read(int(si), int(ui), params))
+            else:
+                img = self.slides[int(si)].read_patch(us.centers_um[ui], self.patch_um,
+                                                      self.input_px)  # fmt: skip
+                images.append(augment(img, params) if params is not None else img)
             targets.append(us.targets[int(ui)].toarray()[0])
         return PatchBatch(
-            images=_to_tensor(images),
+            images=_to_tensor(images) if images else None,
             targets=torch.from_numpy(np.stack(targets).astype(np.float32)),
             unit_index=np.asarray(units, dtype=np.int64).reshape(-1, 2),
+            features=torch.from_numpy(np.stack(feats).astype(np.float32)) if feats else None,
         )
 
 

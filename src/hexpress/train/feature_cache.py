@@ -57,6 +57,8 @@ __all__ = [
     "FORMAT_VERSION",
     "FeatureCache",
     "build_feature_cache",
+    "build_pooled_cache",
+    "PooledFeatures",
     "cache_key",
     "cache_size_bytes",
     "clear_cache",
@@ -137,6 +139,19 @@ def cache_key(model, slide, *, model_mpp: float, pad_px: int, context_px: int,
         "context_px": int(context_px),
         "dtype": str(dtype),
     }
+
+
+_MAX_CORE_PX = 2048
+"""Largest tile core of a cache build: the margins (the receptive field, 512 px for
+EfficientNet-Lite0) are recomputed around every core, so cores are large; the encoder alone on
+such a tile fits in a few GB on a CPU."""
+
+
+def _tile_px(canvas_shape, align: int, context: int) -> int:
+    """Tile side whose equal cores cover the canvas in as few tiles as ``_MAX_CORE_PX`` allows."""
+    side = max(canvas_shape)
+    n = math.ceil(side / _MAX_CORE_PX)
+    return _round_up(math.ceil(side / n), align) + 2 * _round_up(context, align)
 
 
 def _round_up(v: int, a: int) -> int:
@@ -263,7 +278,7 @@ def build_feature_cache(
         model_mpp: µm per input px.
         crop_px: side of the training crops (sets how far the canvas reaches past the slide).
         transforms: transform indices ``k + 4 * flip`` to cache.
-        tile_px: encoder tile side (default: about 1024 px of core plus the margins).
+        tile_px: encoder tile side (default: equal cores of at most 2048 px plus the margins).
         dtype: storage dtype (``float16``).
         progress: show a progress bar.
 
@@ -272,7 +287,7 @@ def build_feature_cache(
     """
     from tqdm.auto import tqdm
 
-    from hexpress.infer.tiling import DEFAULT_CORE_PX, make_tile_grid
+    from hexpress.infer.tiling import make_tile_grid
     from hexpress.train.data import aligned_pad_px
 
     root = Path(root)
@@ -287,9 +302,8 @@ def build_feature_cache(
         folder = _folder(root, slide.sample_id, key["encoder"], model_mpp)
         group = _open_group(folder, key)
         todo = [t for t in transforms if not _transform_done(folder, t, key)]
-        if tile_px is None:  # about DEFAULT_CORE_PX of core, less on a small canvas
-            core = min(_round_up(DEFAULT_CORE_PX, r), max(key["canvas_shape"]))
-            tile_px = core + 2 * _round_up(context, r)
+        if tile_px is None:
+            tile_px = _tile_px(key["canvas_shape"], r, context)
         grid = make_tile_grid(tuple(key["canvas_shape"]), stride=r, receptive_field_px=context,
                               tile_px=tile_px, align_px=r)  # fmt: skip
         plans.append((slide, key, folder, group, todo, grid))
@@ -418,6 +432,131 @@ class FeatureCache:
             n = crop_px // s
             out.append(np.asarray(arr[:, uy // s : uy // s + n, ux // s : ux // s + n]))
         return out
+
+    def size_bytes(self) -> int:
+        return sum(cache_size_bytes(f) for f in self.folders)
+
+
+# -- pooled features of spot-centred patches (patch models and ridge) -----------------------------
+
+
+def pooled_cache_key(model, slide) -> dict:
+    """What the pooled patch features of ``slide``'s first-geometry units depend on."""
+    us = slide.units[0]
+    centers = np.ascontiguousarray(us.centers_um, dtype=np.float64)
+    return {
+        "kind": "pooled",
+        "encoder": str(model.encoder.name),
+        "weights_sha256": weights_sha256(model.encoder),
+        "patch_um": float(model.patch_um),
+        "input_px": int(model.input_px),
+        "model_mpp": float(model.patch_um) / int(model.input_px),
+        "slide": slide.sample_id,
+        "slide_sha256": slide_sha256(slide),
+        "units_sha256": hashlib.sha256(centers.tobytes()).hexdigest(),
+        "n_units": len(us),
+        "n_features": int(model.encoder.num_features),
+        "dtype": "float32",
+    }
+
+
+def build_pooled_cache(
+    model,
+    slides: Sequence,
+    *,
+    root: str | Path,
+    transforms: Sequence[int],
+    batch_size: int = 32,
+    progress: bool = True,
+) -> PooledFeatures:
+    """Compute (or reuse) the frozen encoder's pooled features of every first-geometry unit's
+    patch (``model.patch_um`` around its centre, resized to ``model.input_px``), per transform.
+
+    The patch is read and transformed as :class:`hexpress.train.data.PatchDataset` reads it
+    (flips and rotations only), and kept as float32, so a fit or a frozen phase from the cache
+    learns from exactly the numbers the encoder gives on the fly.
+
+    Returns:
+        :class:`PooledFeatures` over ``slides`` in their order.
+    """
+    from tqdm.auto import tqdm
+
+    from hexpress.train.augment import augment
+    from hexpress.train.data import _to_tensor
+
+    root = Path(root)
+    plans = []
+    for slide in slides:
+        key = pooled_cache_key(model, slide)
+        folder = (
+            root
+            / slide.sample_id
+            / (f"{key['encoder']}_patch{key['patch_um']:g}um_{key['input_px']}px")
+        )
+        group = _open_group(folder, key)
+        plans.append((slide, key, folder, group,
+                      [t for t in transforms if not _transform_done(folder, t, key)]))  # fmt: skip
+    total = sum(len(todo) * key["n_units"] for _, key, _, _, todo in plans)
+    encoder = model.encoder
+    was_training = encoder.training
+    encoder.eval()
+    device = next(model.parameters()).device
+    bar = tqdm(total=total, desc="patch features", unit="patch", disable=not progress or not total)
+    try:
+        for slide, key, folder, group, todo in plans:
+            us, n, f = slide.units[0], key["n_units"], key["n_features"]
+            for t in todo:
+                arr = group.create_array(f"t{t}", shape=(n, f), chunks=(max(1, min(n, 4096)), f),
+                                         dtype="float32", overwrite=True)  # fmt: skip
+                params = AugmentParams(k=t % 4, flip=t >= 4)
+                for i in range(0, n, batch_size):
+                    imgs = [
+                        augment(
+                            slide.read_patch(us.centers_um[u], key["patch_um"], key["input_px"]),
+                            params,
+                        )  # fmt: skip
+                        for u in range(i, min(i + batch_size, n))
+                    ]
+                    with torch.no_grad():
+                        arr[i : i + len(imgs)] = encoder(_to_tensor(imgs).to(device)).cpu().numpy()
+                    bar.update(len(imgs))
+                _atomic_json(_marker(folder, t), {"key": key, "transform": t})
+    finally:
+        bar.close()
+        encoder.train(was_training)
+    return PooledFeatures([p[2] for p in plans], [p[1] for p in plans], list(transforms))
+
+
+@dataclass
+class PooledFeatures:
+    """Cached pooled patch features of a list of slides (``PatchDataset.features``)."""
+
+    folders: list[Path]
+    keys: list[dict]
+    transforms: list[int]
+
+    def __post_init__(self) -> None:
+        self._arrays: dict[tuple[int, int], np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        return {"folders": self.folders, "keys": self.keys, "transforms": self.transforms}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._arrays = {}
+
+    def read(self, si: int, ui: int, params: AugmentParams | None) -> np.ndarray:
+        """``(n_features,)`` float32 of unit ``ui`` of slide ``si`` after ``params``' transform."""
+        t = transform_index(params)
+        got = self._arrays.get((si, t))
+        if got is None:
+            import zarr
+
+            if t not in self.transforms:
+                raise ConfigError(f"transform {t} is not cached (cached: {self.transforms}).")
+            got = np.asarray(zarr.open_group(str(self.folders[si]), mode="r")[f"t{t}"][:])
+            self._arrays[(si, t)] = got  # small: one row per unit
+        return got[int(ui)]
 
     def size_bytes(self) -> int:
         return sum(cache_size_bytes(f) for f in self.folders)

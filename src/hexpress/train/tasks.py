@@ -63,6 +63,17 @@ class _Decoder(nn.Module):
         return self.model.decode(feats, size_px)
 
 
+class _PatchHead(nn.Module):
+    """A patch model's head on pooled encoder features (a frozen phase from the cache)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.head(self.model.drop(feats))
+
+
 class TrainingTask:
     """One model kind's data, loss and validation.
 
@@ -278,14 +289,45 @@ class PatchTask(TrainingTask):
             rank=self.rank,
             world_size=self.world_size,
         )
+        self._frozen: PatchDataset | None = None
+
+    def _cached(self) -> bool:
+        return self.cfg.run.feature_cache is not None and hasattr(self.model, "head")
 
     def dataset(self, phase: str) -> PatchDataset:
-        return self._dataset
+        if phase != FROZEN:
+            return self._dataset
+        if self._frozen is None:
+            base = self._dataset.replace(colour=False)
+            if self._cached():
+                from hexpress.train.feature_cache import transforms_for
+
+                base = base.replace(features=self._pooled(transforms_for(self.cfg.augment)))
+            self._frozen = base
+        return self._frozen
+
+    def _pooled(self, transforms):
+        from hexpress.train.feature_cache import build_pooled_cache
+
+        def build():
+            return build_pooled_cache(
+                self.model, self.data.train, root=self.cfg.run.feature_cache,
+                transforms=transforms, batch_size=max(self.cfg.optim.batch_size, 32),
+                progress=self.cfg.run.progress and self.is_main,
+            )  # fmt: skip
+
+        cache = build() if self.is_main else None
+        self.barrier()
+        return cache if cache is not None else build()
+
+    def network(self, phase: str) -> nn.Module:
+        return _PatchHead(self.model) if phase == FROZEN and self._cached() else self.model
 
     def loss(self, net, batch: PatchBatch):
         from hexpress.models.loss import pixnet_loss
 
-        pred = net(batch.images.to(self.device, non_blocking=True))
+        x = batch.features if batch.features is not None else batch.images
+        pred = net(x.to(self.device, non_blocking=True))
         target = batch.targets.to(self.device)
         return pixnet_loss(pred, target, lam=self.cfg.loss.lam), [(pred.detach(), target)]
 
@@ -312,12 +354,17 @@ class ClosedFormTask(PatchTask):
         model, cfg = self.model, self.cfg
         feats, targets = [], []
         wants_features = hasattr(model, "features")
-        batches = all_train_patches(self._dataset, max(cfg.optim.batch_size, 32))
-        n = len(self._dataset.stream)
+        dataset = self._dataset
+        if wants_features and cfg.run.feature_cache is not None:
+            dataset = dataset.replace(features=self._pooled([0]))
+        batches = all_train_patches(dataset, max(cfg.optim.batch_size, 32))
+        n = len(dataset.stream)
         with torch.no_grad():
             bar = tqdm(total=n, desc=f"features {cfg.model.name}", disable=not cfg.run.progress)
             for batch in batches:
-                if wants_features:
+                if batch.features is not None:
+                    feats.append(batch.features)
+                elif wants_features:
                     feats.append(model.features(batch.images.to(self.device)).cpu())
                 targets.append(batch.targets)
                 bar.update(len(batch.targets))
