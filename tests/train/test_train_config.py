@@ -83,7 +83,7 @@ def test_saved_config_round_trips(tmp_path):
     assert config_to_dict(again) == config_to_dict(cfg)
 
 
-RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("bench_"))
+RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith(("bench_", "study_")))
 BENCHES = sorted(CONFIGS.glob("bench_*.yaml"))
 
 

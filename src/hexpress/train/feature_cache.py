@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hexpress._files import TEMP_GLOB, sha256_file, write_json
 from hexpress.errors import ConfigError, FormatError
 from hexpress.train.augment import AugmentParams, d4_image, d4_points
 
@@ -106,11 +107,9 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 def slide_sha256(slide) -> str:
     """SHA-256 of a training slide's image file, or of its pixels when it has no file."""
-    from hexpress.infer.engine import file_sha256
-
     path = getattr(slide, "image_path", None)
     if path is not None and Path(path).is_file():
-        return file_sha256(path)
+        return sha256_file(path)
     img = slide.image
     arr = getattr(img, "array", None)
     if arr is None:
@@ -183,20 +182,6 @@ def _key_diff(old: dict, new: dict) -> list[str]:
     ]
 
 
-def _atomic_json(path: Path, value: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(value, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # -- building -------------------------------------------------------------------------------------
 
 
@@ -232,7 +217,7 @@ def _open_group(folder: Path, key: dict):
         log.info("no feature cache for %s at %s yet: building it", key["slide"], folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # the group appears under its final name only once it describes itself
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:
         group = zarr.open_group(str(tmp), mode="w")
         group.attrs.update({"kind": _KIND, "format_version": FORMAT_VERSION, "key": key})
@@ -333,7 +318,7 @@ def build_feature_cache(
                 for tile in grid:
                     _encode_tile(model, slide, tile, grid, key, k, flip, arrays, strides, dtype)
                     bar.update(1)
-                _atomic_json(_marker(folder, t), {"key": key, "transform": t})
+                write_json(_marker(folder, t), {"key": key, "transform": t}, fsync=True)
             log.info(
                 "feature cache %s: %d transform(s) built, %d reused, %.1f MB on disk",
                 folder, len(todo), len(transforms) - len(todo), cache_size_bytes(folder) / 1e6,
@@ -520,7 +505,7 @@ def build_pooled_cache(
                     with torch.no_grad():
                         arr[i : i + len(imgs)] = encoder(_to_tensor(imgs).to(device)).cpu().numpy()
                     bar.update(len(imgs))
-                _atomic_json(_marker(folder, t), {"key": key, "transform": t})
+                write_json(_marker(folder, t), {"key": key, "transform": t}, fsync=True)
     finally:
         bar.close()
         encoder.train(was_training)
@@ -584,6 +569,8 @@ def describe_cache(root: str | Path) -> list[dict]:
         return out
     for zj in sorted(root.glob("*/*/zarr.json")):
         folder = zj.parent
+        if folder.name.startswith("."):  # a group still being created
+            continue
         try:
             attrs = dict(zarr.open_group(str(folder), mode="r").attrs)
         except Exception:  # zarr raises several types for foreign folders
@@ -610,6 +597,10 @@ def clear_cache(root: str | Path) -> int:
     caches); returns the bytes freed."""
     root = Path(root)
     freed = 0
+    for tmp in root.glob(f"*/{TEMP_GLOB}") if root.is_dir() else []:  # left by a killed build
+        if tmp.is_dir() and tmp.name.endswith(".tmp"):
+            freed += cache_size_bytes(tmp)
+            shutil.rmtree(tmp)
     for entry in describe_cache(root):
         folder = Path(entry["folder"])
         freed += entry["bytes"]

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hexpress._files import atomic_path, write_file, write_json
 from hexpress.errors import ConfigError, HexpressError
 from hexpress.train.config import load_config, read_yaml
 
@@ -242,7 +243,8 @@ def run_study(path: str | Path, *, dry_run: bool = False) -> dict:
     out = Path(doc.get("out_dir", "runs/study"))
     out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(table)
-    df.to_csv(out / "study.csv", index=False)
-    (out / "study.md").write_text(markdown_table(df))
-    (out / "chosen.json").write_text(json.dumps(chosen, indent=1))
+    with atomic_path(out / "study.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    write_file(out / "study.md", markdown_table(df))
+    write_json(out / "chosen.json", chosen)
     return {"runs": listing, "table": table, "chosen": chosen}
