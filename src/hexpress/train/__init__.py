@@ -2,6 +2,9 @@
 
 ``train(load_config("configs/pixnet_her2st.yaml", ["optim.max_steps=100"]))`` runs a recipe;
 ``hexpress train CONFIG [key.sub=value ...]`` is the same from the command line.
+``optim.phases: [{frozen: N}, {finetune: M}]`` trains the decoder on cached frozen-encoder
+features first (:mod:`hexpress.train.feature_cache`, ``hexpress cache info|clear``);
+``hexpress study`` runs an ablation grid scored on validation blocks (:mod:`hexpress.train.study`).
 """
 
 from hexpress.train.augment import AugmentParams, colour_jitter, d4_image, d4_points
@@ -32,9 +35,27 @@ from hexpress.train.data import (
     load_training_data,
 )
 from hexpress.train.distributed import DistInfo, init_distributed
+from hexpress.train.feature_cache import (
+    FeatureCache,
+    PooledFeatures,
+    build_feature_cache,
+    build_pooled_cache,
+    clear_cache,
+    describe_cache,
+)
+from hexpress.train.study import expand_study, load_study, run_study
 from hexpress.train.trainer import RunResult, load_training_state, train
 
 __all__ = [
+    "FeatureCache",
+    "PooledFeatures",
+    "build_feature_cache",
+    "build_pooled_cache",
+    "clear_cache",
+    "describe_cache",
+    "expand_study",
+    "load_study",
+    "run_study",
     "AugmentConfig",
     "AugmentParams",
     "DataConfig",

@@ -3,7 +3,14 @@
 One entry function for every model (after litgpt): dense models learn from crops holding several
 units, patch models from spot-centred patches, both with Adam (paper: lr 5e-4, weight decay 1e-4)
 and the loss MSE + lam * (1 - PCC) summed over geometries; closed-form baselines (frozen encoder
-+ PCA + ridge, training mean) are fitted in one pass over the training patches.
++ PCA + ridge, training mean) are fitted in one pass over the training patches. What differs
+between model kinds lives in a task object (:mod:`hexpress.train.tasks`); this loop drives it.
+
+A run goes through ``optim.phases`` in order (default: one end-to-end phase of ``max_steps``):
+in a ``frozen`` phase the encoder does not learn and dense models read its pyramid from the
+feature cache (:mod:`hexpress.train.feature_cache`), in ``finetune`` everything learns. One Adam
+optimiser spans every parameter (a frozen one has no gradient, so Adam leaves it alone), so the
+training state saves and resumes the same way in any phase.
 
 A run folder holds::
 
