@@ -27,6 +27,7 @@ def test_tiny_run_reports_frozen_and_end_to_end_rates(tmp_path):
             assert rate["steps_timed"] == 2 and rate["seconds"] > 0
             assert rate["samples_per_s"] == pytest.approx(rate["steps_per_s"] * 2, rel=1e-3)
         assert out[part]["frozen_over_end_to_end"] > 0
-    # the PixNet frozen rate came from a feature cache that was built and is on disk
-    assert out["pixnet"]["cache_bytes"] > 0
+    # the frozen rates came from feature caches that were built and are on disk
+    assert out["pixnet"]["cache_bytes"] > 0 and out["patch"]["cache_bytes"] > 0
+    assert out["pixnet"]["cache_bytes"] != out["patch"]["cache_bytes"]
     assert any((tmp_path / "feature_cache").rglob("done/t0.json"))

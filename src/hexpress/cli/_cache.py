@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
             return
         for r in rows:
             typer.echo(
-                f"{r['slide']:<16} {r['encoder']:<24} {r['model_mpp']:g} µm/px  transforms "
+                f"{r['slide']:<16} {r['kind']:<8} {r['encoder']:<24} {r['model_mpp']:g} µm/px  transforms "
                 f"{len(r['transforms_done'])}/8  {_mb(r['bytes'])}  {r['folder']}"
             )
         typer.echo(f"total: {_mb(total)} in {len(rows)} cache(s) under {folder}")

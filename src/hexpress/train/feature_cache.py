@@ -559,8 +559,9 @@ def cache_size_bytes(path: str | Path) -> int:
 
 
 def describe_cache(root: str | Path) -> list[dict]:
-    """One entry per cached slide group under ``root``: folder, slide, encoder, ``model_mpp``,
-    transforms complete, bytes on disk."""
+    """One entry per cached slide group under ``root``: folder, kind (``pyramid`` of dense
+    models or ``pooled`` patch features), slide, encoder, ``model_mpp``, transforms complete,
+    bytes on disk."""
     import zarr
 
     root = Path(root)
@@ -582,6 +583,7 @@ def describe_cache(root: str | Path) -> list[dict]:
         out.append(
             {
                 "folder": str(folder),
+                "kind": key.get("kind", "pyramid"),
                 "slide": key.get("slide"),
                 "encoder": key.get("encoder"),
                 "model_mpp": key.get("model_mpp"),
