@@ -312,3 +312,12 @@ def test_patch_model_frozen_phase_from_the_cache_equals_on_the_fly(samples, tmp_
     init = create_model("test_patch", n_genes=6, patch_um=24, input_px=32).state_dict()
     assert all(torch.equal(sa[k], init[k]) for k in sa if k.startswith("encoder."))
     assert not torch.equal(sa["head.weight"], init["head.weight"])
+
+
+def test_loader_workers_read_the_cache_as_the_main_process(samples, tmp_path):
+    extra = ["optim.phases=[{frozen: 2}]", "optim.batch_size=2"]
+    a = train(_cfg(tmp_path / "a", tmp_path / "cache", *extra), samples=samples)
+    b = train(_cfg(tmp_path / "b", tmp_path / "cache", *extra, "run.num_workers=1"),
+              samples=samples)  # fmt: skip
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], rtol=0, atol=0, msg=k)
