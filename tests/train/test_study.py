@@ -9,8 +9,7 @@ import yaml
 from conftest import write_legacy_st
 
 from hexpress.errors import ConfigError
-from hexpress.models import list_models
-from hexpress.models.encoders import list_encoders
+from hexpress.models.encoders import encoder_weights_available, list_encoders
 from hexpress.train import load_config
 from hexpress.train.study import expand_study, load_study, run_study
 
@@ -23,15 +22,12 @@ def test_prestige_config_expands_to_the_grid_and_skips_what_is_missing():
     assert len(runs) == 2 * (3 * 2 * 2 * 2) * 2  # folds x (size|mpp x encoder x training x stain)
     assert len({(r.fold, r.family, r.setting) for r in runs}) == len(runs)
     assert len({r.out_dir for r in runs}) == len(runs)
-    lite2_here = "efficientnet_lite2" in list_encoders()
+    lite2_here = encoder_weights_available("tf_efficientnet_lite2")
     for r in runs:
         lite2 = r.levels["encoder"] == "lite2"
         stain = r.levels["stain"] == "on"
-        needs_missing = (lite2 and not lite2_here) or (
-            lite2 and r.family == "patch baseline" and "lite2_patch" not in list_models()
-        )
-        if needs_missing:
-            assert r.skipped and ("not registered" in r.skipped or "not available" in r.skipped)
+        # this install has every option of the grid; only Lite2's weights may be missing
+        assert bool(r.skipped) == (lite2 and not lite2_here), r.skipped
         if r.skipped:
             continue
         cfg = load_config(r.recipe, r.overrides)
@@ -46,7 +42,7 @@ def test_prestige_config_expands_to_the_grid_and_skips_what_is_missing():
             assert cfg.model.kwargs["encoder"] in list_encoders()
             assert phases[-1] == "finetune"
         assert ("frozen" in phases) == (r.levels["training"] == "frozen")
-        assert not stain or "stain" in yaml.safe_dump(r.overrides)
+        assert cfg.data.stain.method == ("macenko" if stain else "none")
     # in this install at least the Lite0 rows of both families run, on both folds
     ok = [r for r in runs if not r.skipped]
     assert {(r.family, r.fold) for r in ok} == {
@@ -67,6 +63,13 @@ def test_dry_run_trains_nothing(tmp_path):
     )
     out = run_study(cfg, dry_run=True)
     assert len(out["runs"]) == 96 and not (tmp_path / "study").exists()
+    # a level naming an encoder this install lacks is skipped, saying so
+    doc["families"][1]["axes"]["encoder"]["lite9"] = ["model.kwargs.encoder=no_such_encoder"]
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    runs = run_study(cfg, dry_run=True)["runs"]
+    lite9 = [r for r in runs if "encoder=lite9" in r["setting"]]
+    assert len(runs) == 96 + 24 and len(lite9) == 24
+    assert all("'no_such_encoder' is not registered" in r["skipped"] for r in lite9)
 
 
 @pytest.mark.slow

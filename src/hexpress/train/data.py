@@ -110,17 +110,23 @@ class UnitSet:
 
 @dataclass
 class SlideData:
-    """One slide: its image, one :class:`UnitSet` per geometry and the image's file, if any."""
+    """One slide: its image, one :class:`UnitSet` per geometry, and the image's file and stain
+    normalisation (``None``: none), which the feature cache's keys record."""
 
     sample_id: str
     image: SlideImage
     units: list[UnitSet]
     _view: SlideImage | None = field(default=None, repr=False)
     image_path: Path | None = None
+    stain: dict | None = None
 
     def __post_init__(self) -> None:
-        if self.image_path is None:  # kept after preload() releases the reader (cache keys)
+        # kept after preload() replaces the reader, for the feature cache's keys
+        if self.image_path is None:
             self.image_path = self.image.path
+        normalizer = getattr(self.image, "normalizer", None)
+        if self.stain is None and normalizer is not None:
+            self.stain = normalizer.to_meta()
 
     def preload(self, mpp: float, max_mpx: float) -> None:
         """Read the whole slide at ``mpp`` into memory when it has at most ``max_mpx`` Mpx.

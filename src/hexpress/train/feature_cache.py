@@ -29,7 +29,8 @@ Layout, one zarr group per slide, encoder and ``model_mpp``::
         done/t<t>.json      the key and transform, written last (atomically) per transform
 
 The key holds the encoder name, a SHA-256 of its weights, ``model_mpp``, the levels, the slide
-file's SHA-256 (or of its pixels for in-memory images), the canvas and the dtype. A group whose
+file's SHA-256 (or of its pixels for in-memory images), its stain normalisation (``data.stain``),
+the canvas and the dtype. A group whose
 key differs is rebuilt, with a log line naming what changed; a transform without its ``done``
 file (a killed or failed build) is computed again, so a half-written cache never looks complete.
 """
@@ -132,6 +133,7 @@ def cache_key(model, slide, *, model_mpp: float, pad_px: int, context_px: int,
         "levels": [int(s) for s in model.level_strides],
         "slide": slide.sample_id,
         "slide_sha256": slide_sha256(slide),
+        "stain": getattr(slide, "stain", None),
         "slide_shape": [int(h), int(w)],
         "pad_px": int(pad_px),
         "canvas_shape": [_round_up(h + 2 * pad_px, r), _round_up(w + 2 * pad_px, r)],
@@ -438,6 +440,7 @@ def pooled_cache_key(model, slide) -> dict:
         "model_mpp": float(model.patch_um) / int(model.input_px),
         "slide": slide.sample_id,
         "slide_sha256": slide_sha256(slide),
+        "stain": getattr(slide, "stain", None),
         "units_sha256": hashlib.sha256(centers.tobytes()).hexdigest(),
         "n_units": len(us),
         "n_features": int(model.encoder.num_features),

@@ -21,13 +21,13 @@ table. A config looks like::
             "112": [model.kwargs.patch_um=112]
           encoder:
             lite0: [model.name=lite0_patch]
-            lite2: {overrides: [model.name=lite2_patch], encoder: efficientnet_lite2}
+            lite2: {overrides: [model.name=lite2_patch], encoder: tf_efficientnet_lite2}
 
 A level is a list of overrides, or a mapping with ``overrides`` and ``encoder`` (an encoder the
 level needs, for models whose name fixes it). A run whose overrides do not make a valid config
-here (an option not present, e.g. ``data.stain...``), or that names an unregistered model or
-encoder, is **skipped** with the reason in the table, so a study written for options still to
-come runs with what exists.
+here (an option this install lacks), that names an unregistered model or encoder, or whose
+encoder's packaged weights are not installed, is **skipped** with the reason in the table, so a
+study written for options still to come runs with what exists.
 
 Only validation metrics are read (``data.val_fraction`` blocks of the training sections, or
 ``data.val`` sections of the training side); a config whose runs have no validation part is
@@ -112,8 +112,8 @@ def _level(name: str, axis: str, value) -> tuple[list[str], str | None]:
 
 def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None:
     """Why this run cannot be made here, or ``None``."""
-    from hexpress.models import list_models
-    from hexpress.models.encoders import list_encoders
+    from hexpress.models import list_models, model_info
+    from hexpress.models.encoders import encoder_spec, encoder_weights_available, list_encoders
 
     try:
         cfg = load_config(recipe, overrides)
@@ -122,9 +122,16 @@ def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None
     if cfg.model.name not in list_models():
         return f"model {cfg.model.name!r} is not registered here"
     encoders = list_encoders()
-    for enc in [cfg.model.kwargs.get("encoder"), *needs]:
+    used = cfg.model.kwargs.get("encoder") or model_info(cfg.model.name).get("encoder")
+    for enc in [used, *needs]:
         if enc is not None and enc not in encoders:
             return f"encoder {enc!r} is not registered here"
+    wants_weights = cfg.model.kwargs.get("pretrained", True) and not cfg.model.kwargs.get(
+        "encoder_weights"
+    )
+    if used is not None and wants_weights and encoder_spec(used).weights == "package":
+        if not encoder_weights_available(used):
+            return f"the packaged weights of encoder {used!r} are not installed here"
     if not (cfg.data.val or cfg.data.val_fraction > 0):
         return "no validation part (set data.val_fraction or data.val)"
     return None

@@ -182,7 +182,8 @@ class DenseTask(TrainingTask):
 
         cfg, model = self.cfg, self.model
         a = cfg.augment
-        if a is not None and (a.hed_sigma or a.hed_bias or a.brightness or a.saturation):
+        colour = ("hed_sigma", "hed_bias", "brightness", "saturation", "stain_rotation_deg")
+        if a is not None and any(getattr(a, c, 0) for c in colour):
             log.info("frozen phase: features come from unjittered pixels (flips and rotations "
                      "only); colour augmentation applies in end-to-end phases")  # fmt: skip
         r = int(model.reduction)
