@@ -1,7 +1,8 @@
 """The units predictions are aggregated into: bins, discs, user spots and cell polygons.
 
 All positions are **level-0 pixels** of the slide (x then y), all sizes **µm**, as in the rest of
-hexpress (:mod:`hexpress._keys`). Generated grids start at the slide's top-left corner:
+hexpress (:mod:`hexpress._keys`). Generated grids start at the slide's top-left corner and are
+:mod:`hexpress.data.lattice`'s lattices:
 
 * bins (Visium HD style): squares of side ``bin_um`` tiling the slide; bin ``(row, col)`` covers
   ``[col, col + 1) * bin_um`` by ``[row, row + 1) * bin_um`` µm; kept where its centre is on
@@ -34,6 +35,14 @@ import numpy as np
 import pandas as pd
 
 from hexpress import _keys as K
+from hexpress.data.lattice import (
+    LEGACY_DIAMETER_UM,
+    LEGACY_PITCH_UM,
+    VISIUM_DIAMETER_UM,
+    VISIUM_PITCH_UM,
+    DiscLattice,
+    bin_centers_um,
+)
 from hexpress.errors import FormatError, GeometryError, InputFileError, UnitsError
 from hexpress.infer.tissue import TissueMask
 
@@ -144,14 +153,13 @@ def grid_bins(
         rr = np.repeat(r, n_cols)
         cc = np.tile(cols, len(r))
         if tissue is not None:
-            xy = np.stack([(cc + 0.5) * side_px, (rr + 0.5) * side_px], axis=1)
-            on = tissue.contains(xy)
+            on = tissue.contains(np.stack(bin_centers_um(rr, cc, bin_um), axis=1) / mpp)
             rr, cc = rr[on], cc[on]
         all_r.append(rr)
         all_c.append(cc)
     rows = np.concatenate(all_r) if all_r else np.zeros(0, np.int64)
     cols_ = np.concatenate(all_c) if all_c else np.zeros(0, np.int64)
-    centers = np.stack([(cols_ + 0.5) * side_px, (rows + 0.5) * side_px], axis=1)
+    centers = np.stack(bin_centers_um(rows, cols_, bin_um), axis=1) / mpp
     label = f"{bin_um:g}".replace(".", "p")
     tag = f"{int(round(bin_um)):03d}" if float(bin_um).is_integer() else label
     return Units(
@@ -166,10 +174,10 @@ def grid_bins(
 
 def default_disc_layout(diameter_um: float) -> tuple[str, float]:
     """``(layout, pitch_um)`` for a disc diameter: Visium, legacy ST, or hex at 2x diameter."""
-    if abs(diameter_um - 55.0) < 1e-6:
-        return "hex", 100.0
-    if abs(diameter_um - 100.0) < 1e-6:
-        return "square", 200.0
+    if abs(diameter_um - VISIUM_DIAMETER_UM) < 1e-6:
+        return "hex", VISIUM_PITCH_UM
+    if abs(diameter_um - LEGACY_DIAMETER_UM) < 1e-6:
+        return "square", LEGACY_PITCH_UM
     return "hex", 2.0 * diameter_um
 
 
@@ -200,27 +208,14 @@ def grid_discs(
     if layout not in ("hex", "square"):
         raise UnitsError(f"disc layout must be 'hex' or 'square', got {layout!r}.")
     w_um, h_um = width_px * mpp, height_px * mpp
-    dy = pitch * math.sqrt(3) / 2 if layout == "hex" else pitch
     r_um = diameter_um / 2
-    rows = np.arange(math.floor(max(0.0, h_um - 2 * r_um) / dy) + 1)
-    ys = r_um + rows * dy
-    out_r, out_c, out_xy = [], [], []
-    for r, y in zip(rows, ys, strict=True):
-        shift = pitch / 2 if (layout == "hex" and r % 2) else 0.0
-        n = math.floor(max(0.0, w_um - 2 * r_um - shift) / pitch) + 1
-        xs = r_um + shift + np.arange(n) * pitch
-        xs = xs[xs + r_um <= w_um + 1e-9]
-        if y + r_um > h_um + 1e-9 or len(xs) == 0:
-            continue
-        out_r.append(np.full(len(xs), r))
-        out_c.append(np.arange(len(xs)))
-        out_xy.append(np.stack([xs, np.full(len(xs), y)], axis=1))
-    if not out_xy:
+    lattice = DiscLattice(layout, pitch, (r_um, r_um))
+    arow, acol = lattice.sites_within(w_um, h_um, diameter_um)
+    if not len(arow):
         raise GeometryError(
             f"discs of {diameter_um:g} µm do not fit in the {w_um:.0f} x {h_um:.0f} µm slide."
         )
-    centers = np.concatenate(out_xy) / mpp
-    arow, acol = np.concatenate(out_r), np.concatenate(out_c)
+    centers = np.stack(lattice.centers_um(arow, acol), axis=1) / mpp
     units = Units(
         name=f"discs_{int(round(diameter_um)):03d}um"
         if float(diameter_um).is_integer()

@@ -49,6 +49,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from hexpress import _keys as K
+from hexpress.data.lattice import DiscLattice, bin_centers_um, bin_index
 from hexpress.data.sample import Sample, make_units
 from hexpress.errors import (
     ConfigError,
@@ -418,29 +419,11 @@ def _pool_transcripts(
     gene_index = pd.Index(genes)
     gcol = gene_index.get_indexer(tx["feature_name"].astype(str))
     if pool == "square":
-        col = np.floor(x / size_um).astype(np.int64)
-        row = np.floor(y / size_um).astype(np.int64)
+        row, col = bin_index(x, y, size_um)
         inside = np.ones(len(x), dtype=bool)
-        cx_of = lambda r, c: (c + 0.5) * size_um  # noqa: E731
-        cy_of = lambda r, c: (r + 0.5) * size_um  # noqa: E731
-    else:
-        # hexagonal grid: rows pitch*sqrt(3)/2 apart, odd rows shifted by half a pitch
-        dy = pitch_um * math.sqrt(3) / 2
-        row = np.rint(y / dy).astype(np.int64)
-        best_d2 = np.full(len(x), np.inf)
-        best_r = row.copy()
-        best_c = np.zeros(len(x), dtype=np.int64)
-        for dr in (-1, 0, 1):
-            r = row + dr
-            shift = (r % 2) * 0.5 * pitch_um
-            c = np.rint((x - shift) / pitch_um).astype(np.int64)
-            d2 = (x - (c * pitch_um + shift)) ** 2 + (y - r * dy) ** 2
-            better = d2 < best_d2
-            best_d2[better], best_r[better], best_c[better] = d2[better], r[better], c[better]
-        row, col = best_r, best_c
-        inside = best_d2 <= (size_um / 2) ** 2
-        cx_of = lambda r, c: c * pitch_um + (r % 2) * 0.5 * pitch_um  # noqa: E731
-        cy_of = lambda r, c: r * dy  # noqa: E731
+    else:  # hexagonal grid from the origin, closed discs (hexpress.data.lattice)
+        lattice = DiscLattice("hex", pitch_um)
+        row, col, inside = lattice.assign(x, y, size_um)
     keep = inside & (gcol >= 0)
     row, col, gcol = row[keep], col[keep], gcol[keep]
     uniq, codes = np.unique(np.stack([row, col], axis=1), axis=0, return_inverse=True)
@@ -451,7 +434,10 @@ def _pool_transcripts(
     )
     counts.sum_duplicates()
     ur, uc = uniq[:, 0], uniq[:, 1]
-    centers = np.stack([cx_of(ur, uc), cy_of(ur, uc)], axis=1).astype(float)
+    if pool == "square":
+        centers = np.stack(bin_centers_um(ur, uc, size_um), axis=1)
+    else:
+        centers = np.stack(lattice.centers_um(ur, uc), axis=1)
     prefix = "sq" if pool == "square" else "disc"
     ids = [f"{prefix}_{r}_{c}" for r, c in zip(ur, uc, strict=True)]
     grid = pd.DataFrame({"grid_row": ur, "grid_col": uc})

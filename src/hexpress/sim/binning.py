@@ -3,9 +3,13 @@
 Membership is decided by each transcript's position, so a unit's count of a gene is exactly
 the number of that gene's transcripts inside its footprint:
 
-* discs (legacy ST, Visium): inside when the distance to the centre is ``< diameter / 2``;
+* discs (legacy ST, Visium): inside when the distance to the centre is ``<= diameter / 2``;
 * squares (Visium HD): bin ``floor(x_um / bin_um)``, computed from the 2 µm bin index so that
   8 and 16 µm bins are exact unions of 2 µm bins.
+
+The lattices and both rules are :mod:`hexpress.data.lattice`'s, shared with the Xenium reader and
+the prediction grids; this module only places them on a simulated slide and numbers the spots
+as each technology does.
 """
 
 from __future__ import annotations
@@ -15,6 +19,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+
+from hexpress.data.lattice import (
+    LEGACY_DIAMETER_UM,
+    LEGACY_PITCH_UM,
+    VISIUM_DIAMETER_UM,
+    VISIUM_PITCH_UM,
+    DiscLattice,
+    bin_index,
+)
 
 __all__ = [
     "SpotGrid",
@@ -30,8 +43,6 @@ __all__ = [
     "HD_BIN_UM",
 ]
 
-LEGACY_DIAMETER_UM, LEGACY_PITCH_UM = 100.0, 200.0
-VISIUM_DIAMETER_UM, VISIUM_PITCH_UM = 55.0, 100.0
 HD_BIN_UM = (2, 8, 16)
 
 
@@ -61,6 +72,11 @@ class SpotGrid:
     def __len__(self) -> int:
         return len(self.x_um)
 
+    @property
+    def lattice(self) -> DiscLattice:
+        """The lattice the spots sit on (offset columns; see :mod:`hexpress.data.lattice`)."""
+        return DiscLattice(self.kind, self.pitch_um, self.origin_um)
+
 
 def legacy_st_grid(width_um: float, height_um: float) -> SpotGrid:
     """Legacy ST: 100 µm discs at 200 µm pitch on a square lattice centred on the slide.
@@ -74,7 +90,8 @@ def legacy_st_grid(width_um: float, height_um: float) -> SpotGrid:
     oy = (height_um - (ny - 1) * p) / 2
     jj, ii = np.meshgrid(np.arange(nx), np.arange(ny))
     jj, ii = jj.ravel(), ii.ravel()
-    return SpotGrid(ox + jj * p, oy + ii * p, ii + 1, jj + 1, 2 * r, p, "square", (ox, oy))
+    x, y = DiscLattice("square", p, (ox, oy)).centers_um(ii, jj)
+    return SpotGrid(x, y, ii + 1, jj + 1, 2 * r, p, "square", (ox, oy))
 
 
 def visium_grid(width_um: float, height_um: float) -> SpotGrid:
@@ -84,14 +101,10 @@ def visium_grid(width_um: float, height_um: float) -> SpotGrid:
     ``array_col`` steps by 2 along a row (50 µm per unit), and ``array_row + array_col`` is even.
     """
     p, r = VISIUM_PITCH_UM, VISIUM_DIAMETER_UM / 2
-    dy = p * math.sqrt(3) / 2
-    ox, oy = r + 5.0, r + 5.0
-    rows = int(math.floor((height_um - r - oy) / dy)) + 1
-    cols = int(math.floor((width_um - r - ox) / (p / 2))) + 1
-    rr, cc = np.meshgrid(np.arange(max(rows, 0)), np.arange(max(cols, 0)), indexing="ij")
-    keep = (rr + cc) % 2 == 0
-    rr, cc = rr[keep], cc[keep]
-    return SpotGrid(ox + cc * p / 2, oy + rr * dy, rr, cc, 2 * r, p, "hex", (ox, oy))
+    lattice = DiscLattice("hex", p, (r + 5.0, r + 5.0))
+    rr, c = lattice.sites_within(width_um, height_um, 2 * r)
+    x, y = lattice.centers_um(rr, c)
+    return SpotGrid(x, y, rr, lattice.doubled_col(rr, c), 2 * r, p, "hex", lattice.origin_um)
 
 
 def assign_discs(grid: SpotGrid, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarray:
@@ -100,39 +113,18 @@ def assign_discs(grid: SpotGrid, x_um: np.ndarray, y_um: np.ndarray) -> np.ndarr
     The pitch is more than the diameter in both technologies, so a point lies in at most one
     disc: the nearest lattice site decides.
     """
-    x_um, y_um = np.asarray(x_um, np.float64), np.asarray(y_um, np.float64)
-    r2 = (grid.diameter_um / 2) ** 2
-    if grid.kind == "square":
-        p = grid.pitch_um
-        ox, oy = grid.origin_um
-        c = np.rint((x_um - ox) / p).astype(np.int64)
-        r = np.rint((y_um - oy) / p).astype(np.int64)
-        cx, cy = ox + c * p, oy + r * p
-        row_idx, col_idx = r + 1, c + 1
-    else:
-        p = grid.pitch_um
-        dy = p * math.sqrt(3) / 2
-        ox, oy = grid.origin_um
-        best_d = np.full(x_um.shape, np.inf)
-        row_idx = np.zeros(x_um.shape, np.int64)
-        col_idx = np.zeros(x_um.shape, np.int64)
-        r0 = np.floor((y_um - oy) / dy).astype(np.int64)
-        for r in (r0, r0 + 1):
-            par = np.mod(r, 2)
-            c = 2 * np.rint(((x_um - ox) / (p / 2) - par) / 2).astype(np.int64) + par
-            d = (x_um - (ox + c * p / 2)) ** 2 + (y_um - (oy + r * dy)) ** 2
-            better = d < best_d
-            best_d = np.where(better, d, best_d)
-            row_idx = np.where(better, r, row_idx)
-            col_idx = np.where(better, c, col_idx)
-        cx, cy = ox + col_idx * p / 2, oy + row_idx * dy
-    d2 = (x_um - cx) ** 2 + (y_um - cy) ** 2
+    lattice = grid.lattice
+    row, col, inside = lattice.assign(x_um, y_um, grid.diameter_um)
+    if grid.kind == "square":  # HER2ST numbers rows and columns from 1
+        row_idx, col_idx = row + 1, col + 1
+    else:  # Space Ranger's doubled columns
+        row_idx, col_idx = row, lattice.doubled_col(row, col)
     n_rows = int(grid.row.max()) + 2 if len(grid) else 1
     n_cols = int(grid.col.max()) + 2 if len(grid) else 1
     table = np.full((n_rows, n_cols), -1, np.int64)
     table[grid.row, grid.col] = np.arange(len(grid))
-    ok = (d2 < r2) & (row_idx >= 0) & (col_idx >= 0) & (row_idx < n_rows) & (col_idx < n_cols)
-    out = np.full(x_um.shape, -1, np.int64)
+    ok = inside & (row_idx >= 0) & (col_idx >= 0) & (row_idx < n_rows) & (col_idx < n_cols)
+    out = np.full(np.shape(x_um), -1, np.int64)
     out[ok] = table[row_idx[ok], col_idx[ok]]
     return out
 
@@ -142,12 +134,7 @@ def hd_bin_index(x_um: np.ndarray, y_um: np.ndarray, bin_um: int) -> tuple[np.nd
 
     Computed from the 2 µm index, so a coarser bin is exactly the union of its 2 µm bins.
     """
-    if bin_um % 2:
-        raise ValueError(f"Visium HD bins are multiples of 2 µm, got {bin_um}")
-    f = bin_um // 2
-    r2 = np.floor(np.asarray(y_um) / 2.0).astype(np.int64)
-    c2 = np.floor(np.asarray(x_um) / 2.0).astype(np.int64)
-    return r2 // f, c2 // f
+    return bin_index(x_um, y_um, bin_um, base_um=2.0)
 
 
 def count_matrix(unit: np.ndarray, gene: np.ndarray, n_units: int, n_genes: int) -> sp.csr_matrix:
