@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from hexpress.errors import ConfigError
-from hexpress.models import create_model, list_models, model_info
+from hexpress.models import create_model, describe_model, list_models
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_forward_shape_no_nan(name):
     torch.manual_seed(0)
-    info = model_info(name)
+    info = describe_model(name)
     model = create_model(name, n_genes=3, pretrained=False).eval()
     assert model.kind == info["kind"]
     x = torch.rand(1, 3, 64, 64)
@@ -45,9 +45,9 @@ def test_registry_lookup_and_errors():
     ):
         assert required in names
     assert list_models("test_*", kind="dense") == ["test_pixnet"]
-    assert model_info("stnet")["loss"] == "mse"
-    assert model_info("pixnet")["pretrained_available"] is True
-    assert model_info("resnet18_patch")["pretrained_available"] is False
+    assert describe_model("stnet")["loss"] == "mse"
+    assert describe_model("pixnet")["pretrained_available"] is True
+    assert describe_model("resnet18_patch")["pretrained_available"] is False
     with pytest.raises(ConfigError, match="unknown model 'pixnot'.*test_pixnet"):
         create_model("pixnot")
     with pytest.raises(ConfigError, match="does not take"):
@@ -88,3 +88,17 @@ def test_models_cli_lists_models_and_weights():
     assert enc["resnet18"]["pretrained_available"] is False
     table = CliRunner().invoke(app, ["models"])
     assert table.exit_code == 0 and "test_pixnet" in table.output and "yes" in table.output
+
+
+def test_old_name_is_an_alias_not_a_second_model():
+    assert "pixnet_lite0" not in list_models()
+    assert describe_model("pixnet_lite0")["name"] == "pixnet"
+    a = create_model("pixnet_lite0", n_genes=2, pretrained=False)
+    b = create_model("pixnet", n_genes=2, pretrained=False)
+    assert type(a) is type(b) and a.state_dict().keys() == b.state_dict().keys()
+    from hexpress.models._registry import register_alias
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_alias("pixnet", "test_pixnet")
+    with pytest.raises(ConfigError, match="unknown model"):
+        register_alias("new_name", "no_such_model")

@@ -13,9 +13,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     ) -> None:
         """List registered models and encoders, and which have pretrained weights here."""
-        from hexpress.models import encoder_info, list_encoders, list_models, model_info
+        from hexpress.models import describe_model, encoder_info, list_encoders, list_models
 
-        model_rows = [model_info(n) for n in list_models()]
+        model_rows = [describe_model(n) for n in list_models()]
         encoder_rows = [encoder_info(n) for n in list_encoders()]
         if as_json:
             for row in model_rows:

@@ -30,9 +30,9 @@ from hexpress.models.patch import MeanBaseline, PatchModel
 from hexpress.models.pixnet import PixNet
 from hexpress.models.registry import (
     create_model,
+    describe_model,
     encoder_info,
     list_models,
-    model_info,
     register_model,
 )
 from hexpress.models.ridge import RidgeBaseline
@@ -60,7 +60,7 @@ __all__ = [
     "load_checkpoint",
     "load_lite0_classifier",
     "load_packaged_classifier",
-    "model_info",
+    "describe_model",
     "per_gene_pcc",
     "pixnet_loss",
     "predict_units",

@@ -17,7 +17,7 @@ from torch import nn
 
 from hexpress.errors import ConfigError
 
-__all__ = ["ModelEntry", "register_model", "get_entry", "list_models"]
+__all__ = ["ModelEntry", "register_model", "register_alias", "get_entry", "list_models"]
 
 KINDS = ("dense", "patch")
 
@@ -49,6 +49,8 @@ class ModelEntry:
 
 
 _MODELS: dict[str, ModelEntry] = {}
+#: Old names that still build a model (checkpoints and configs written before a rename).
+_ALIASES: dict[str, str] = {}
 
 
 def register_model(
@@ -62,7 +64,7 @@ def register_model(
 
     Usable bare (``@register_model``) or with metadata
     (``@register_model(kind="patch", encoder="resnet18", loss="mse")``); extra keywords are
-    kept as notes that :func:`hexpress.models.model_info` returns (e.g. a recommended loss).
+    kept as notes that :func:`hexpress.models.describe_model` returns (e.g. a recommended loss).
 
     Raises:
         ConfigError: a model of that name is already registered or ``kind`` is unknown.
@@ -72,7 +74,7 @@ def register_model(
 
     def wrap(f: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = f.__name__
-        if name in _MODELS:
+        if name in _MODELS or name in _ALIASES:
             raise ConfigError(f"a model named {name!r} is already registered.")
         doc = inspect.getdoc(f) or ""
         _MODELS[name] = ModelEntry(
@@ -86,6 +88,14 @@ def register_model(
         return f
 
     return wrap(fn) if fn is not None else wrap
+
+
+def register_alias(alias: str, name: str) -> None:
+    """Make ``alias`` build the registered model ``name`` (not listed by :func:`list_models`)."""
+    if alias in _MODELS or alias in _ALIASES:
+        raise ConfigError(f"a model named {alias!r} is already registered.")
+    get_entry(name)
+    _ALIASES[alias] = name
 
 
 def list_models(pattern: str | None = None, *, kind: str | None = None) -> list[str]:
@@ -107,7 +117,7 @@ def get_entry(name: str) -> ModelEntry:
         ConfigError: unknown name; the message lists the valid names.
     """
     try:
-        return _MODELS[name]
+        return _MODELS[_ALIASES.get(name, name)]
     except KeyError:
         raise ConfigError(
             f"unknown model {name!r}. Registered models: {', '.join(list_models())}. "

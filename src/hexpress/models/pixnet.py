@@ -32,7 +32,7 @@ from timm.layers import LayerNorm2d
 from torch import nn
 
 from hexpress.errors import ConfigError
-from hexpress.models._registry import register_model
+from hexpress.models._registry import register_alias, register_model
 from hexpress.models.aggregate import MODES
 from hexpress.models.encoders import create_encoder, encoder_spec
 
@@ -294,10 +294,8 @@ def pixnet(n_genes: int = 250, *, encoder: str = "tf_efficientnet_lite0", **kwar
     return PixNet(n_genes, encoder=encoder, **kwargs)
 
 
-@register_model(kind="dense", encoder="tf_efficientnet_lite0")
-def pixnet_lite0(n_genes: int = 250, **kwargs) -> PixNet:
-    """PixNet with an EfficientNet-Lite0 encoder (ImageNet weights packaged), stride 4."""
-    return PixNet(n_genes, encoder="tf_efficientnet_lite0", **kwargs)
+# The same model under its earlier name, for checkpoints that recorded it.
+register_alias("pixnet_lite0", "pixnet")
 
 
 @register_model(kind="dense", encoder="tf_efficientnet_lite1")

@@ -1,4 +1,4 @@
-"""Build models by name: ``create_model``, ``list_models``, ``model_info`` (after timm).
+"""Build models by name: ``create_model``, ``list_models``, ``describe_model`` (after timm).
 
 Importing :mod:`hexpress.models` registers every model family (PixNet, patch regressors, ridge
 and mean baselines), so these functions see them all.
@@ -19,7 +19,7 @@ __all__ = [
     "register_model",
     "create_model",
     "list_models",
-    "model_info",
+    "describe_model",
     "encoder_info",
 ]
 
@@ -33,7 +33,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Args:
         name: a registered model (:func:`list_models`).
         **kwargs: the factory's arguments (``n_genes``, ``pretrained``, ``encoder_weights``,
-            ``mode``, ``patch_um``, ...; see :func:`model_info`).
+            ``mode``, ``patch_um``, ...; see :func:`describe_model`).
 
     Raises:
         ConfigError: unknown name or argument.
@@ -59,7 +59,7 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         ) from None
 
 
-def model_info(name: str) -> dict[str, Any]:
+def describe_model(name: str) -> dict[str, Any]:
     """What the registry knows about ``name``.
 
     Returns:

@@ -432,7 +432,8 @@ def train(
         ConfigError: an invalid combination (e.g. crop not a multiple of the stride).
         OutputExistsError: the folder holds a run and ``resume`` is false.
     """
-    from hexpress.models import create_model, model_info, save_checkpoint
+    from hexpress.models import create_model, save_checkpoint
+    from hexpress.models import describe_model as model_info
 
     t_start = time.perf_counter()
     cfg = config
