@@ -103,7 +103,7 @@ def test_patch_engine_on_the_same_units(tmp_path, rng):
     assert a.n_obs == len(bins) == 6 * 5 and list(a.obs_names) == bins.get_ids()
     # bin (row 1, col 2) covers level-0 px [80, 120) x [40, 80); the crop is the same area
     ref = np.asarray(
-        slide.read_at(1.0, 40, 20, 20, 20), dtype=np.float32
+        slide.read_region(40, 20, 20, 20, mpp=1.0, units="target"), dtype=np.float32
     ).mean((0, 1)) / 255  # fmt: skip
     np.testing.assert_allclose(a.X[1 * 6 + 2], ref, rtol=1e-5)
     assert a.uns["hexpress"]["patch_um"] == 20.0

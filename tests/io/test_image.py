@@ -32,8 +32,8 @@ def test_read_region_resamples_to_requested_mpp(noise):
 
 def test_tiles_on_one_grid_agree_with_one_large_read(noise):
     img = ArrayImage(noise, mpp=0.5)
-    whole = img.read_at(1.3, 0, 0, 300, 250)
-    tile = img.read_at(1.3, 77, 41, 101, 90)
+    whole = img.read_region(0, 0, 300, 250, mpp=1.3, units="target")
+    tile = img.read_region(77, 41, 101, 90, mpp=1.3, units="target")
     # Pillow resamples in fixed point: values may differ by one grey level, never more
     diff = np.abs(whole[41:131, 77:178].astype(int) - tile)
     assert diff.max() <= 1 and diff.mean() < 0.05
@@ -106,3 +106,15 @@ def test_slide_larger_than_pillows_bomb_limit_opens_quietly(tmp_path, noise, mon
         assert (img.width, img.height) == (80, 64)
         np.testing.assert_array_equal(img.read_region(0, 0, 80, 64, mpp=0.5), noise[:64, :80])
     assert Image.MAX_IMAGE_PIXELS == 1000  # the user's own setting is left as it was
+
+
+def test_read_region_units_name_the_frame(noise):
+    img = ArrayImage(noise, mpp=0.5)
+    # target px at 1.0 µm/px are 2 level-0 px each
+    t = img.read_region(10, 20, 30, 40, mpp=1.0, units="target")
+    lv0 = img.read_region(20, 40, 60, 80, mpp=1.0)
+    assert t.shape == (40, 30, 3)
+    np.testing.assert_array_equal(t, lv0)
+    np.testing.assert_array_equal(img.read_at(1.0, 10, 20, 30, 40), t)
+    with pytest.raises(ValueError, match="units must be one of"):
+        img.read_region(0, 0, 4, 4, units="um")

@@ -110,21 +110,39 @@ class SlideImage(ABC):
         height: float,
         *,
         mpp: float | None = None,
+        units: str = "level0",
         out_shape: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """Read a rectangle given in level-0 pixels, resampled to ``mpp``.
+        """Read a rectangle of the slide, resampled to ``mpp``.
 
         Args:
-            x, y: top-left corner in level-0 pixels (fractions allowed).
-            width, height: size in level-0 pixels.
+            x, y: top-left corner, in the pixels ``units`` names.
+            width, height: size, in the same pixels.
             mpp: µm per pixel of the result; default the image's own ``mpp``.
-            out_shape: ``(h, w)`` of the result; default ``round(height * self.mpp / mpp)`` by
-                ``round(width * self.mpp / mpp)``.
+            units: the frame of ``x, y, width, height``:
+
+                * ``"level0"``: level-0 pixels of the slide (fractions allowed); the result is
+                  ``out_shape``, by default ``round(height * self.mpp / mpp)`` by
+                  ``round(width * self.mpp / mpp)``;
+                * ``"target"``: integer pixels of the whole slide resampled to ``mpp``; the
+                  result is ``(height, width)`` and pixel ``(i, j)`` is pixel ``(y + i, x + j)``
+                  of the slide at ``mpp``, so tiles read on one grid agree with one large read
+                  of the same area.
+            out_shape: ``(h, w)`` of the result (``"level0"`` only).
 
         Returns:
             ``(h, w, 3)`` uint8 RGB. Parts outside the image are white (background glass).
         """
+        if units not in _READ_UNITS:
+            raise ValueError(f"units must be one of {_READ_UNITS}, got {units!r}.")
         mpp = self.mpp if mpp is None else _check_mpp(mpp, "read_region")
+        if units == "target":
+            if out_shape is not None:
+                raise ValueError("out_shape is (height, width) itself when units='target'.")
+            f = mpp / self.mpp
+            return self.read_region(
+                x * f, y * f, width * f, height * f, mpp=mpp, out_shape=(height, width)
+            )
         if width <= 0 or height <= 0:
             raise ValueError(f"region size must be positive, got {width} x {height} px")
         if out_shape is None:
@@ -146,13 +164,8 @@ class SlideImage(ABC):
         return np.asarray(out)
 
     def read_at(self, mpp: float, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """Read a rectangle given in pixels of the slide resampled to ``mpp``.
-
-        Pixel ``(i, j)`` of the result is pixel ``(y + i, x + j)`` of the whole slide at ``mpp``,
-        so tiles read this way on one grid agree with one large read of the same area.
-        """
-        f = mpp / self.mpp
-        return self.read_region(x * f, y * f, width * f, height * f, out_shape=(height, width))
+        """``read_region(x, y, width, height, mpp=mpp, units="target")``, under its old name."""
+        return self.read_region(x, y, width, height, mpp=mpp, units="target")
 
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """A whole-slide thumbnail and its scale.
@@ -191,6 +204,9 @@ class SlideImage(ABC):
                 level, cx0, cy0, cx1, cy1
             )
         return out
+
+
+_READ_UNITS = ("level0", "target")
 
 
 def _to_rgb(a: np.ndarray, source: object) -> np.ndarray:
