@@ -48,7 +48,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from hexpress import _keys as K
-from hexpress.errors import ConfigError, FormatError, InputFileError
+from hexpress.errors import ConfigError, DataMismatchError, FormatError, InputFileError
 
 __all__ = [
     "DEFAULT_SCALE",
@@ -61,6 +61,7 @@ __all__ = [
     "read_gmt",
     "read_split_file",
     "select_genes",
+    "top_genes",
     "total_counts",
 ]
 
@@ -272,13 +273,11 @@ def select_genes(
     if n <= 0:
         raise ConfigError(f"n must be a positive number of genes, got {n}.")
     Xs = _scaled(adatas, common, scale)
-    names = np.asarray(common)
     if method == "heg":
         score = np.asarray(Xs.mean(axis=0)).ravel()
     else:
         score, _ = _hvg_scores(Xs)
-    order = np.lexsort((names, -score))  # by score, descending; ties by name
-    chosen = [str(names[i]) for i in order[:n] if np.isfinite(score[i])]
+    chosen = top_genes(score, common, n)
     if len(chosen) < n:
         log.warning("only %d eligible genes for %s (asked %d)", len(chosen), method, n)
     log.info(
@@ -289,6 +288,28 @@ def select_genes(
         Xs.shape[0],
     )
     return chosen
+
+
+def top_genes(score, genes: Sequence[str], n: int) -> list[str]:
+    """The ``n`` genes of highest ``score``, ties broken by name; non-finite scores never chosen.
+
+    The ranking step of :func:`select_genes` (``score`` = mean normalised expression for HEG,
+    normalised dispersion for HVG), usable on a score computed elsewhere.
+
+    Args:
+        score: ``(n_genes,)`` values, e.g. mean expression on the **training** sections.
+        genes: the matching gene names.
+        n: how many (fewer when fewer scores are finite).
+    """
+    score = np.asarray(score, dtype=np.float64).ravel()
+    names = np.asarray([str(g) for g in genes])
+    if score.shape != names.shape:
+        raise DataMismatchError(f"{score.size} scores for {names.size} gene names.")
+    if n <= 0:
+        raise ConfigError(f"n must be a positive number of genes, got {n}.")
+    ok = np.isfinite(score)
+    order = np.lexsort((names, -np.where(ok, score, -np.inf)))  # descending; ties by name
+    return [str(names[i]) for i in order[:n] if ok[i]]
 
 
 def read_gmt(path: str | Path) -> dict[str, list[str]]:

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from hexpress.data.preprocess import read_gene_list, read_gmt, select_genes
-from hexpress.errors import ConfigError, DataMismatchError
+from hexpress.data.preprocess import top_genes as heg_genes  # HEG from precomputed means
+from hexpress.errors import ConfigError
 from hexpress.eval.metrics import PCC_THRESHOLD, SectionMetrics, count_column, summarize_pcc
 
 __all__ = [
@@ -29,25 +30,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def heg_genes(mean_expression, genes: Sequence[str], n: int) -> list[str]:
-    """The ``n`` genes of highest mean expression (ties broken by name).
-
-    Args:
-        mean_expression: ``(n_genes,)`` mean expression on the **training** sections.
-        genes: the matching gene names.
-        n: how many.
-    """
-    mean = np.asarray(mean_expression, dtype=np.float64).ravel()
-    names = np.asarray([str(g) for g in genes])
-    if mean.shape != names.shape:
-        raise DataMismatchError(f"{mean.size} mean values for {names.size} gene names.")
-    if n <= 0:
-        raise ConfigError(f"n must be a positive number of genes, got {n}.")
-    ok = np.isfinite(mean)
-    order = np.lexsort((names, -np.where(ok, mean, -np.inf)))
-    return [str(names[i]) for i in order[:n] if ok[i]]
 
 
 def training_gene_sets(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from hexpress.data.preprocess import normalize_counts
 from hexpress.sim.render import E_REF, H_REF
@@ -29,23 +28,23 @@ def log_normalize(counts, target: float = 1e4) -> np.ndarray:
 def morans_i(values: np.ndarray, coords: np.ndarray, k: int = 6) -> np.ndarray:
     """Moran's I of each column, with row-standardised binary k-nearest-neighbour weights.
 
+    :func:`hexpress.eval.spatial.morans_i` with :func:`~hexpress.eval.spatial.spatial_weights`,
+    returning only ``I``.
+
     Args:
         values: ``(n, g)`` values per spot (e.g. log-normalised expression).
         coords: ``(n, 2)`` spot positions (any unit).
-        k: neighbours per spot.
+        k: neighbours per spot (at most ``n - 1``).
 
     Returns:
         ``(g,)`` float; NaN for a column that is constant.
     """
+    from hexpress.eval.spatial import morans_i as _morans_i
+    from hexpress.eval.spatial import spatial_weights
+
     values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    k = min(k, n - 1)
-    _, idx = cKDTree(np.asarray(coords, float)).query(coords, k=k + 1)
-    z = values - values.mean(0)
-    lag = z[idx[:, 1:]].mean(1)
-    den = (z**2).sum(0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, (z * lag).sum(0) / den, np.nan)
+    weights = spatial_weights(coords, k=min(k, values.shape[0] - 1))
+    return _morans_i(values, weights)["I"].to_numpy()
 
 
 def _od_unmix() -> np.ndarray:
