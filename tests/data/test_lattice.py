@@ -122,7 +122,7 @@ def test_every_grid_uses_the_lattice():
     x, y = DiscLattice("hex", 100.0, (r_um, r_um)).centers_um(
         units.obs["array_row"], units.obs["array_col"]
     )
-    np.testing.assert_allclose(units.centers_px, np.stack([x, y], 1))
+    np.testing.assert_allclose(units.centers_level0_px, np.stack([x, y], 1))
 
     hx, hy = DiscLattice("hex", 100.0).centers_um([3, 4], [2, 2])
     tx = pd.DataFrame({"x_location": hx + 27.5, "y_location": hy, "feature_name": ["A", "A"]})

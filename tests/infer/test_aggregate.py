@@ -29,17 +29,17 @@ def _units(rng, kind, n=40):
             r = rng.uniform(3, 25, k)
             polys.append(c + np.stack([np.cos(ang) * r, np.sin(ang) * r], 1))
         size_um = np.full(n, np.nan)
-    return Units(name=kind, kind=kind, centers_px=centers, size_um=size_um, polygons=polys)
+    return Units(name=kind, kind=kind, centers_level0_px=centers, size_um=size_um, polygons=polys)
 
 
 def _reference(units, values, footprints=None):
     """In-memory weights on the whole map (the training path)."""
-    centers_in = units.centers_px * F_IN
+    centers_in = units.centers_level0_px * F_IN
     size_in = units.size_um / 0.5
     polys = None if units.polygons is None else [p * F_IN for p in units.polygons]
     if footprints is not None:
         fp = footprints.Footprints(
-            centers_px=centers_in, kind=units.kind, size_px=size_in, polygons=polys
+            centers_model_px=centers_in, kind=units.kind, size_px=size_in, polygons=polys
         )
         return footprints.footprint_weights(fp, (H, W), STRIDE)
     return brute_weights(centers_in, units.kind, size_in, polys, (H, W), STRIDE)
@@ -70,9 +70,11 @@ def test_squares_on_many_sizes_brute_force(tmp_path, rng):
     values = _map(rng, "field", n_genes=2)
     dm = write_map(tmp_path / "m.zarr", values)
     units = _units(rng, "square", n=60)
-    units.centers_px[-5:] = [[0, 0], [719, 559], [2.3, 555.1], [700.7, 3.3], [360, 280]]
+    units.centers_level0_px[-5:] = [[0, 0], [719, 559], [2.3, 555.1], [700.7, 3.3], [360, 280]]
     units.size_um[-5:] = [40, 40, 17.3, 9.1, 500]  # partly off the map, and huge
-    Wt = brute_weights(units.centers_px * F_IN, "square", units.size_um / 0.5, None, (H, W), 4)
+    Wt = brute_weights(
+        units.centers_level0_px * F_IN, "square", units.size_um / 0.5, None, (H, W), 4
+    )
     sums, _ = unit_sums(dm, units, memory_mb=0.05, progress=False)
     np.testing.assert_allclose(sums[:, :2], Wt @ values.reshape(-1, 2), rtol=1e-6, atol=1e-4)
 

@@ -38,9 +38,9 @@ def test_tissue_mask_finds_the_blob():
 
 def test_disc_grids_visium_and_legacy_st():
     vis = grid_discs(4000, 4000, 0.5, 55)  # 2 x 2 mm
-    c = vis.centers_px[vis.obs["array_row"] == 0]
+    c = vis.centers_level0_px[vis.obs["array_row"] == 0]
     np.testing.assert_allclose(np.diff(c[:, 0]) * 0.5, 100.0)  # 100 µm pitch
-    r1 = vis.centers_px[vis.obs["array_row"] == 1]
+    r1 = vis.centers_level0_px[vis.obs["array_row"] == 1]
     assert abs((r1[0, 0] - c[0, 0]) * 0.5 - 50) < 1e-9  # hexagonal: odd rows shifted
     assert abs((r1[0, 1] - c[0, 1]) * 0.5 - 100 * np.sqrt(3) / 2) < 1e-9
     st = grid_discs(4000, 4000, 0.5, 100)
@@ -72,7 +72,7 @@ def test_read_spots_and_cells(tmp_path):
     verts.to_parquet(tmp_path / "cells.parquet")
     cells = read_cells(tmp_path / "cells.parquet", mpp=0.5)
     assert cells.get_ids() == ["c1", "c2"]
-    np.testing.assert_allclose(cells.centers_px[0], [10, 10])
+    np.testing.assert_allclose(cells.centers_level0_px[0], [10, 10])
     (tmp_path / "bad.geojson").write_text("{")
     with pytest.raises(FormatError, match="GeoJSON"):
         read_cells(tmp_path / "bad.geojson", mpp=0.5)

@@ -29,7 +29,7 @@ def _brute_masks(fp, h, w, stride, origin=(0, 0)):
     xx, yy = _pixel_grid(h, w, stride, origin)
     masks = []
     for u in range(len(fp)):
-        cx, cy = fp.centers_px[u]
+        cx, cy = fp.centers_model_px[u]
         half = fp.size_px[u] / 2
         if fp.kind == "disc":
             m = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= half * half
@@ -217,10 +217,10 @@ def test_footprints_validation_and_from_adata():
     a.obsm["spatial"] = np.array([[100.0, 200.0], [300.0, 50.0]])
     a.uns["hexpress"] = {"mpp": 0.25}
     fp = Footprints.from_adata(a, model_mpp=1.0, origin_px=(10, 5))
-    np.testing.assert_allclose(fp.centers_px, [[15.0, 45.0], [65.0, 7.5]])
+    np.testing.assert_allclose(fp.centers_model_px, [[15.0, 45.0], [65.0, 7.5]])
     np.testing.assert_allclose(fp.size_px, [55.0, 55.0])
     assert len(fp.subset([1])) == 1
-    np.testing.assert_allclose(fp.translate(-15, -45).centers_px[0], [0, 0])
+    np.testing.assert_allclose(fp.translate(-15, -45).centers_model_px[0], [0, 0])
     del a.uns["hexpress"]
     with pytest.raises(UnitsError, match="image_mpp"):
         Footprints.from_adata(a, model_mpp=1.0)

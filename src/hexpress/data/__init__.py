@@ -1,4 +1,5 @@
-"""The sample data model and preprocessing (gene selection, normalisation, splits)."""
+"""The sample data model, unit geometry and lattices, and preprocessing (gene selection,
+normalisation, splits)."""
 
 from hexpress.data.preprocess import (
     Split,
@@ -12,9 +13,12 @@ from hexpress.data.preprocess import (
     total_counts,
 )
 from hexpress.data.sample import Sample, make_units
+from hexpress.data.units import Units, geometry_kind
 
 __all__ = [
     "Sample",
+    "Units",
+    "geometry_kind",
     "make_units",
     "Split",
     "normalize",

@@ -178,28 +178,19 @@ def _square_sums(dm, centers_in, side_in, groups, block, halo, bar):
     return sums, full
 
 
-def _footprint_sums(dm, units, f_in, centers_in, groups, block, halo, bar):
-    from hexpress.models.aggregate import Footprints, footprint_weights
+def _footprint_sums(dm, units, groups, block, halo, bar):
+    from hexpress.models.aggregate import footprint_weights
 
     s = dm.stride
     C1 = dm.shape[2] + 1
     sums = np.zeros((len(units), C1), dtype=np.float64)
     full = np.zeros(len(units), dtype=np.float64)
-    size_in = units.size_um / dm.model_mpp
     for (by, bx), idx in groups:
         wy0, wx0 = by * block - halo, bx * block - halo
         wy1, wx1 = (by + 1) * block + halo, (bx + 1) * block + halo
         A = _read_window(dm, wy0, wy1, wx0, wx1)
         h, w = A.shape[:2]
-        polys = None
-        if units.kind == K.POLYGON:
-            polys = [units.polygons[i] * f_in for i in idx]
-        fp = Footprints(
-            centers_px=centers_in[idx],
-            kind=units.kind,
-            size_px=size_in[idx],
-            polygons=polys,
-        )
+        fp = units.footprints(dm.slide_mpp, dm.model_mpp, index=idx)
         W = footprint_weights(fp, (h, w), s, origin_px=(wx0 * s, wy0 * s))
         sums[idx] = W @ A.reshape(-1, C1)
         # only pixels on the map count (as in the in-memory weights over the whole map)
@@ -235,7 +226,7 @@ def unit_sums(
         raise ConfigError(f"unit kind must be one of {K.GEOMETRIES}, got {units.kind!r}.")
     s = dm.stride
     f_in = dm.slide_mpp / dm.model_mpp  # input px per level-0 px
-    centers_in = units.centers_px * f_in
+    centers_in = units.centers_level0_px * f_in  # model-input px
     if units.kind == K.POLYGON:
         ext = max((float(np.ptp(p, axis=0).max()) for p in units.polygons), default=0.0)
         reach = ext * f_in  # any vertex is within the polygon's extent of its centroid
@@ -261,7 +252,7 @@ def unit_sums(
             return _square_sums(
                 dm, centers_in, units.size_um / dm.model_mpp, groups, block, halo, bar
             )
-        return _footprint_sums(dm, units, f_in, centers_in, groups, block, halo, bar)
+        return _footprint_sums(dm, units, groups, block, halo, bar)
 
 
 def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.0) -> np.ndarray:
@@ -305,7 +296,7 @@ def units_to_anndata(
     for k, v in (obs or {}).items():
         frame[k] = np.asarray(v)
     a = ad.AnnData(X=np.asarray(X, dtype=np.float32), obs=frame, var=pd.DataFrame(index=genes))
-    a.obsm[K.SPATIAL] = np.asarray(units.centers_px, dtype=np.float64)
+    a.obsm[K.SPATIAL] = np.asarray(units.centers_level0_px, dtype=np.float64)
     a.uns[K.UNS] = _plain(uns)
     return a
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +42,7 @@ from hexpress.data.lattice import (
     DiscLattice,
     bin_centers_um,
 )
+from hexpress.data.units import Units, geometry_kind
 from hexpress.errors import FormatError, GeometryError, InputFileError, UnitsError
 from hexpress.infer.tissue import TissueMask
 
@@ -58,58 +58,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Units:
-    """A set of units of one geometry.
-
-    Attributes:
-        name: label of the set, used for the output file (``bins_008um``, ``discs_055um``...).
-        kind: ``"disc"``, ``"square"`` or ``"polygon"``.
-        centers_px: ``(n, 2)`` float64 centres, x then y, level-0 px.
-        size_um: ``(n,)`` disc diameter / square side in µm (NaN for polygons).
-        ids: ``(n,)`` unit ids, or ``None`` to build them lazily with :meth:`get_ids`.
-        polygons: for polygons, a list of ``(k, 2)`` vertex arrays (x, y) in level-0 px.
-        obs: extra per-unit columns (e.g. ``array_row``, ``array_col``).
-    """
-
-    name: str
-    kind: str
-    centers_px: np.ndarray
-    size_um: np.ndarray
-    ids: np.ndarray | list | None = None
-    polygons: list[np.ndarray] | None = None
-    obs: dict[str, np.ndarray] = field(default_factory=dict)
-    id_format: str | None = None  # lazily build ids from obs columns (bins: 10 M ids are slow)
-
-    def __len__(self) -> int:
-        return len(self.centers_px)
-
-    def get_ids(self) -> list[str]:
-        if self.ids is not None:
-            return [str(i) for i in self.ids]
-        if self.id_format is not None:
-            rows, cols = self.obs["array_row"], self.obs["array_col"]
-            return [
-                self.id_format.format(r, c)
-                for r, c in zip(rows.tolist(), cols.tolist(), strict=True)
-            ]
-        return [f"{self.name}_{i}" for i in range(len(self))]
-
-    def subset(self, keep: np.ndarray) -> Units:
-        keep = np.asarray(keep)
-        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
-        return Units(
-            name=self.name,
-            kind=self.kind,
-            centers_px=self.centers_px[idx],
-            size_um=self.size_um[idx],
-            ids=None if self.ids is None else np.asarray(self.ids, dtype=object)[idx],
-            polygons=None if self.polygons is None else [self.polygons[i] for i in idx],
-            obs={k: np.asarray(v)[idx] for k, v in self.obs.items()},
-            id_format=self.id_format,
-        )
 
 
 def _check_positive(value: float, what: str) -> float:
@@ -165,7 +113,7 @@ def grid_bins(
     return Units(
         name=f"bins_{tag}um",
         kind=K.SQUARE,
-        centers_px=centers,
+        centers_level0_px=centers,
         size_um=np.full(len(rows), bin_um),
         obs={"array_row": rows, "array_col": cols_},
         id_format=f"s_{tag}um_{{:05d}}_{{:05d}}",
@@ -221,13 +169,13 @@ def grid_discs(
         if float(diameter_um).is_integer()
         else f"discs_{diameter_um:g}um".replace(".", "p"),
         kind=K.DISC,
-        centers_px=centers,
+        centers_level0_px=centers,
         size_um=np.full(len(centers), diameter_um),
         obs={"array_row": arow, "array_col": acol},
         id_format=f"d_{diameter_um:g}um_{{:04d}}_{{:04d}}".replace(".", "p"),
     )
     if tissue is not None:
-        units = units.subset(tissue.contains(units.centers_px))
+        units = units.subset(tissue.contains(units.centers_level0_px))
     return units
 
 
@@ -251,7 +199,7 @@ def _checked(name, kind, xy, size, ids, source, obs=None) -> Units:
         )
     if np.any(~np.isfinite(size)) or np.any(size <= 0):
         raise UnitsError(f"{source}: unit sizes (spot diameters, bin sides) must be positive µm.")
-    return Units(name=name, kind=kind, centers_px=xy, size_um=size, ids=ids, obs=obs or {})
+    return Units(name=name, kind=kind, centers_level0_px=xy, size_um=size, ids=ids, obs=obs or {})
 
 
 def units_from_anndata(
@@ -284,15 +232,14 @@ def units_from_anndata(
         raise FormatError(f"{source}: no obsm['spatial'] with unit positions in level-0 px.")
     xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
     ids = np.asarray(adata.obs_names, dtype=object)
-    kind = K.DISC
-    if K.GEOMETRY in adata.obs and adata.n_obs:
-        kinds = np.unique(np.asarray(adata.obs[K.GEOMETRY]).astype(str))
-        if len(kinds) != 1 or kinds[0] not in (K.DISC, K.SQUARE):
-            raise FormatError(
-                f"{source}: units must all be discs or all squares, found {list(kinds)}; "
-                "give cells as polygons (--cells)."
-            )
-        kind = str(kinds[0])
+    kind = geometry_kind(
+        adata,
+        source=source,
+        allowed=(K.DISC, K.SQUARE),
+        default=K.DISC,
+        error=FormatError,
+        hint="give cells as polygons (--cells)",
+    )
     if K.SIZE_UM in adata.obs:
         size = adata.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
     elif diameter_um is not None:
@@ -385,7 +332,7 @@ def _polygons_units(ids, polys, source) -> Units:
     return Units(
         name="cells",
         kind=K.POLYGON,
-        centers_px=centers,
+        centers_level0_px=centers,
         size_um=np.full(len(polys), np.nan),
         ids=np.asarray(ids, dtype=object),
         polygons=polys,
@@ -464,7 +411,7 @@ def keep_inside(units: Units, width_px: int, height_px: int, *, source: str = ""
         GeometryError: every unit lies outside the slide (the positions are probably at another
             resolution).
     """
-    c = units.centers_px
+    c = units.centers_level0_px
     inside = (c[:, 0] >= 0) & (c[:, 1] >= 0) & (c[:, 0] < width_px) & (c[:, 1] < height_px)
     n_out = int((~inside).sum())
     if n_out == 0:

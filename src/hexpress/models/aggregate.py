@@ -56,21 +56,21 @@ class Footprints:
     """Unit footprints in pixels of the model input image.
 
     Attributes:
-        centers_px: ``(n, 2)`` centres, x then y, in input px (at ``model_mpp``, origin at the
+        centers_model_px: ``(n, 2)`` centres, x then y, in input px (at ``model_mpp``, origin at the
             image or crop top-left corner).
         kind: ``"disc"``, ``"square"`` or ``"polygon"``.
         size_px: ``(n,)`` disc diameter or square side in input px (ignored for polygons).
         polygons: for ``"polygon"``, one ``(k, 2)`` array of x, y vertices in input px per unit.
     """
 
-    centers_px: np.ndarray
+    centers_model_px: np.ndarray
     kind: str
     size_px: np.ndarray | None = None
     polygons: list[np.ndarray] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self.centers_px = np.asarray(self.centers_px, dtype=np.float64).reshape(-1, 2)
-        n = len(self.centers_px)
+        self.centers_model_px = np.asarray(self.centers_model_px, dtype=np.float64).reshape(-1, 2)
+        n = len(self.centers_model_px)
         if self.kind not in K.GEOMETRIES:
             raise GeometryError(f"footprint kind must be one of {K.GEOMETRIES}, got {self.kind!r}.")
         if self.kind == K.POLYGON:
@@ -89,23 +89,23 @@ class Footprints:
             not np.all(np.isfinite(self.size_px)) or np.any(self.size_px <= 0)
         ):
             raise UnitsError(f"footprint sizes must be positive px, got {self.size_px[:5]}.")
-        if not np.all(np.isfinite(self.centers_px)):
+        if not np.all(np.isfinite(self.centers_model_px)):
             raise GeometryError("footprint centres must be finite.")
 
     def __len__(self) -> int:
-        return len(self.centers_px)
+        return len(self.centers_model_px)
 
     def translate(self, dx_px: float, dy_px: float) -> Footprints:
         """The same footprints shifted by ``(dx_px, dy_px)``; e.g. ``(-x0, -y0)`` for a crop."""
         shift = np.array([dx_px, dy_px], dtype=np.float64)
         polys = None if self.polygons is None else [p + shift for p in self.polygons]
-        return Footprints(self.centers_px + shift, self.kind, self.size_px.copy(), polys)
+        return Footprints(self.centers_model_px + shift, self.kind, self.size_px.copy(), polys)
 
     def subset(self, index) -> Footprints:
         """The footprints selected by a boolean mask or integer index."""
         idx = np.arange(len(self))[index]
         polys = None if self.polygons is None else [self.polygons[i] for i in idx]
-        return Footprints(self.centers_px[idx], self.kind, self.size_px[idx], polys)
+        return Footprints(self.centers_model_px[idx], self.kind, self.size_px[idx], polys)
 
     @classmethod
     def from_adata(
@@ -125,38 +125,17 @@ class Footprints:
             image_mpp: µm per level-0 pixel; default ``uns["hexpress"]["mpp"]``.
             origin_px: input-px position (x, y) that becomes ``(0, 0)`` (a crop's corner).
         """
-        meta = adata.uns.get(K.UNS, {})
+        from hexpress.data.units import Units
+
         if image_mpp is None:
-            image_mpp = meta.get("mpp")
+            image_mpp = adata.uns.get(K.UNS, {}).get("mpp")
         if image_mpp is None or not np.isfinite(image_mpp) or image_mpp <= 0:
             raise UnitsError(
                 "the units' image pixel size is unknown: pass image_mpp=... or set "
                 f"uns['{K.UNS}']['mpp'] (got {image_mpp!r})."
             )
-        if model_mpp is None or model_mpp <= 0:
-            raise UnitsError(f"model_mpp must be a positive µm per pixel, got {model_mpp!r}.")
-        kinds = np.unique(np.asarray(adata.obs[K.GEOMETRY]).astype(str))
-        if len(kinds) != 1:
-            raise GeometryError(
-                f"units mix geometries {list(kinds)}; build footprints per geometry "
-                "(subset the AnnData by obs['geometry'])."
-            )
-        scale = float(image_mpp) / float(model_mpp)
-        centers = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64) * scale - np.asarray(
-            origin_px, dtype=np.float64
-        )
-        kind = str(kinds[0])
-        size_px = np.asarray(adata.obs[K.SIZE_UM], dtype=np.float64) / float(model_mpp)
-        polys = None
-        if kind == K.POLYGON:
-            raw = meta.get("polygons")
-            if raw is None:
-                raise GeometryError(
-                    f"polygon units need their vertices in uns['{K.UNS}']['polygons'] "
-                    "(one (k, 2) array of level-0 px per unit)."
-                )
-            polys = [np.asarray(p, dtype=np.float64) * scale - np.asarray(origin_px) for p in raw]
-        return cls(centers, kind, size_px, polys)
+        units = Units.from_anndata(adata, source="units")
+        return units.footprints(image_mpp, model_mpp, origin_px)
 
 
 # -- weights --------------------------------------------------------------------------------------
@@ -173,7 +152,7 @@ def _fix_interval(lo, hi, inside):
 
 def _row_intervals(fp: Footprints, units: np.ndarray):
     """Per pixel row of each unit: (unit, y, x_first, x_last), inclusive, unclipped."""
-    cx, cy = fp.centers_px[units, 0], fp.centers_px[units, 1]
+    cx, cy = fp.centers_model_px[units, 0], fp.centers_model_px[units, 1]
     size = fp.size_px[units]
     half = size / 2.0
     if fp.kind == K.DISC:

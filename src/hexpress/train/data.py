@@ -249,14 +249,15 @@ def read_samples(config: DataConfig, ids: Sequence[str]) -> dict[str, list[Sampl
 
 def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight: float):
     from hexpress.data.preprocess import normalize, total_counts
+    from hexpress.data.units import geometry_kind
 
     adata = sample.adata
-    kinds = np.unique(np.asarray(adata.obs[K.GEOMETRY]).astype(str))
-    if len(kinds) != 1:
-        raise DataMismatchError(
-            f"sample {sample.sample_id}: units mix geometries {list(kinds)}; give each "
-            "geometry its own entry in data.geometries."
-        )
+    kind = geometry_kind(
+        adata,
+        source=f"sample {sample.sample_id}",
+        error=DataMismatchError,
+        hint="give each geometry its own entry in data.geometries",
+    )
     missing = [g for g in genes if g not in adata.var_names]
     if missing:
         raise DataMismatchError(
@@ -267,7 +268,7 @@ def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight:
     normed = normalize(adata, genes, scale=scale)
     mpp = float(sample.image.mpp)
     polys = None
-    if kinds[0] == K.POLYGON:
+    if kind == K.POLYGON:
         raw = adata.uns.get(K.UNS, {}).get("polygons")
         if raw is None:
             raise DataMismatchError(
@@ -277,7 +278,7 @@ def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight:
     n = adata.n_obs
     return UnitSet(
         name=name,
-        kind=str(kinds[0]),
+        kind=kind,
         centers_um=np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64) * mpp,
         size_um=np.asarray(adata.obs[K.SIZE_UM], dtype=np.float64),
         targets=sp.csr_matrix(np.asarray(normed.X, dtype=np.float32)),
