@@ -266,7 +266,7 @@ def load_bench_config(path: str | Path | dict, overrides: Sequence[str] = ()) ->
         InputFileError: the file does not exist.
         ConfigError: unknown keys (the message lists the valid ones) or invalid values.
     """
-    from hexpress.train.config import apply_overrides, build_dataclass, read_yaml
+    from hexpress._config import apply_overrides, build_dataclass, read_yaml
 
     if isinstance(path, dict):
         values, where, base = dict(path), "bench config", None
@@ -295,7 +295,8 @@ def _recipe_path(recipe: str, base_dir: str | None) -> Path:
 def method_train_config(bench: BenchConfig, method: MethodConfig, fold: FoldConfig, run_dir: Path):
     """The resolved training config of ``method`` on ``fold``: recipe < inline config < the
     benchmark's, fold's and method's overrides < the run folder and seed of the benchmark."""
-    from hexpress.train.config import apply_overrides, config_from_dict, read_yaml
+    from hexpress._config import read_yaml
+    from hexpress.train.config import apply_overrides, config_from_dict
 
     values = read_yaml(_recipe_path(method.recipe, bench.base_dir)) if method.recipe else {}
     values = _merge(values, method.config)
