@@ -129,6 +129,7 @@ class Units:
         allowed: Sequence[str] = K.GEOMETRIES,
         default_kind: str | None = None,
         error: type[Exception] = GeometryError,
+        hint: str | None = None,
     ) -> Units:
         """The units of an AnnData laid out as hexpress writes one.
 
@@ -138,7 +139,7 @@ class Units:
                 per unit).
             name: label of the set.
             size_um: sizes (µm, scalar or ``(n,)``) where ``obs["size_um"]`` is absent.
-            source, allowed, default_kind, error: as in :func:`geometry_kind`.
+            source, allowed, default_kind, error, hint: as in :func:`geometry_kind`.
 
         Raises:
             ``error``: no positions, mixed or unsupported geometries, polygons without vertices.
@@ -147,8 +148,9 @@ class Units:
         if K.SPATIAL not in adata.obsm:
             raise error(f"{source}: no obsm['{K.SPATIAL}'] with unit positions in level-0 px.")
         xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
+        more = {} if hint is None else {"hint": hint}
         kind = geometry_kind(
-            adata, source=source, allowed=allowed, default=default_kind, error=error
+            adata, source=source, allowed=allowed, default=default_kind, error=error, **more
         )
         n = len(xy)
         if K.SIZE_UM in adata.obs:

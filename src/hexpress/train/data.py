@@ -44,7 +44,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from hexpress import _keys as K
 from hexpress.data.sample import Sample
 from hexpress.errors import ConfigError, DataMismatchError
 from hexpress.io.image import ArrayImage, SlideImage
@@ -249,11 +248,12 @@ def read_samples(config: DataConfig, ids: Sequence[str]) -> dict[str, list[Sampl
 
 def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight: float):
     from hexpress.data.preprocess import normalize, total_counts
-    from hexpress.data.units import geometry_kind
+    from hexpress.data.units import Units
 
     adata = sample.adata
-    kind = geometry_kind(
+    units = Units.from_anndata(
         adata,
+        name=name,
         source=f"sample {sample.sample_id}",
         error=DataMismatchError,
         hint="give each geometry its own entry in data.geometries",
@@ -266,21 +266,14 @@ def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight:
         )
     totals = total_counts(adata)
     normed = normalize(adata, genes, scale=scale)
-    mpp = float(sample.image.mpp)
-    polys = None
-    if kind == K.POLYGON:
-        raw = adata.uns.get(K.UNS, {}).get("polygons")
-        if raw is None:
-            raise DataMismatchError(
-                f"sample {sample.sample_id}: polygon units need uns['{K.UNS}']['polygons']."
-            )
-        polys = [np.asarray(p, dtype=np.float64) * mpp for p in raw]
+    mpp = float(sample.image.mpp)  # level-0 px -> µm of the slide
+    polys = None if units.polygons is None else [p * mpp for p in units.polygons]
     n = adata.n_obs
     return UnitSet(
         name=name,
-        kind=kind,
-        centers_um=np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64) * mpp,
-        size_um=np.asarray(adata.obs[K.SIZE_UM], dtype=np.float64),
+        kind=units.kind,
+        centers_um=units.centers_level0_px * mpp,
+        size_um=units.size_um,
         targets=sp.csr_matrix(np.asarray(normed.X, dtype=np.float32)),
         measured=totals > 0,
         val=np.zeros(n, dtype=bool),
