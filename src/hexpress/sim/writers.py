@@ -130,13 +130,7 @@ def _tissue_at(slide: SimulatedSlide, x_um, y_um) -> np.ndarray:
 def write_legacy_st(slide: SimulatedSlide, root: Path, image: Path) -> dict:
     """HER2ST layout: 100 µm spots at 200 µm pitch (see ``../shared/data/her2st/README.md``)."""
     root = Path(root)
-    w_um, h_um = slide.width * slide.mpp, slide.height * slide.mpp
-    grid = B.legacy_st_grid(w_um, h_um)
-    tx = slide.transcripts
-    unit = B.assign_discs(grid, tx["x_um"].to_numpy(), tx["y_um"].to_numpy())
-    counts = B.count_matrix(unit, tx["gene"].to_numpy(), len(grid), len(slide.genes))
-    total = np.asarray(counts.sum(1)).ravel()
-    selected = _tissue_at(slide, grid.x_um, grid.y_um) | (total > 0)
+    grid, counts, selected = _disc_counts(slide, B.legacy_st_grid)
     ids = [f"{c}x{r}" for c, r in zip(grid.col, grid.row, strict=True)]
     sel = np.flatnonzero(selected)
     cnt = pd.DataFrame(counts[sel].toarray(), index=[ids[i] for i in sel], columns=slide.genes)
@@ -185,6 +179,17 @@ def write_legacy_st(slide: SimulatedSlide, root: Path, image: Path) -> dict:
 
 
 # -- Visium ------------------------------------------------------------------------------------
+def _disc_counts(slide: SimulatedSlide, make_grid):
+    """The spot grid ``make_grid(width_um, height_um)`` over the slide, its ``(spots, genes)``
+    transcript counts and which spots a technology reports (on tissue or with any count)."""
+    grid = make_grid(slide.width * slide.mpp, slide.height * slide.mpp)
+    tx = slide.transcripts
+    unit = B.assign_discs(grid, tx["x_um"].to_numpy(), tx["y_um"].to_numpy())
+    counts = B.count_matrix(unit, tx["gene"].to_numpy(), len(grid), len(slide.genes))
+    total = np.asarray(counts.sum(1)).ravel()
+    return grid, counts, _tissue_at(slide, grid.x_um, grid.y_um) | (total > 0)
+
+
 def _visium_barcodes(n: int) -> list[str]:
     """Distinct 16-base barcodes (deterministic), with the ``-1`` GEM-group suffix."""
     digits = (np.arange(n)[:, None] * 2654435761 % (4**16)) // (4 ** np.arange(15, -1, -1)) % 4
@@ -217,13 +222,7 @@ def write_visium(slide: SimulatedSlide, root: Path, image: Path) -> dict:
     root = Path(root)
     outs = root / "outs"
     spatial = outs / "spatial"
-    w_um, h_um = slide.width * slide.mpp, slide.height * slide.mpp
-    grid = B.visium_grid(w_um, h_um)
-    tx = slide.transcripts
-    unit = B.assign_discs(grid, tx["x_um"].to_numpy(), tx["y_um"].to_numpy())
-    counts = B.count_matrix(unit, tx["gene"].to_numpy(), len(grid), len(slide.genes))
-    total = np.asarray(counts.sum(1)).ravel()
-    in_tissue = _tissue_at(slide, grid.x_um, grid.y_um) | (total > 0)
+    grid, counts, in_tissue = _disc_counts(slide, B.visium_grid)
     barcodes = _visium_barcodes(len(grid))
     pos = pd.DataFrame(
         {
