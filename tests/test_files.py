@@ -126,3 +126,19 @@ def test_sha256_file_matches_hashlib_across_chunk_boundaries(tmp_path):
     want = hashlib.sha256(data).hexdigest()
     assert sha256_file(p) == want
     assert sha256_file(p, chunk_bytes=7) == want
+
+
+def test_atomic_dir_appears_whole_or_not_at_all(tmp_path):
+    from hexpress._files import atomic_dir
+
+    target = tmp_path / "group.zarr"
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        tmp.mkdir()
+        (tmp / "part").write_text("half")
+        raise RuntimeError("killed")
+    assert not target.exists() and not list(tmp_path.glob(TEMP_GLOB))
+    with atomic_dir(target) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_text("1")
+        assert not target.exists()
+    assert (target / "a").read_text() == "1"

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "TEMP_GLOB",
+    "atomic_dir",
     "atomic_path",
     "sha256_file",
     "write_figure",
@@ -67,6 +69,26 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = False) -> Iterator[Pat
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder path beside ``path``; on success rename it to ``path``.
+
+    For a folder that must appear under its name only once it is whole (a zarr group that
+    describes itself). ``path`` must not exist when the block ends (remove an old one first);
+    the caller creates the folder (e.g. ``zarr.open_group(tmp, mode="w")``). On failure the
+    temporary folder is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from hexpress._files import atomic_dir
 from hexpress.errors import FormatError, InputFileError
 
 __all__ = ["DenseMap", "create_dense_map", "open_dense_map", "FORMAT_VERSION"]
@@ -190,31 +191,28 @@ def create_dense_map(
     path = Path(path)
     if path.exists():
         shutil.rmtree(path)
-    tmp = path.with_name(path.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    group = zarr.open_group(str(tmp), mode="w")
-    H, W = int(map_shape[0]), int(map_shape[1])
-    c = max(1, min(int(chunk_cells), max(H, W)))
-    group.create_array(
-        "map", shape=(H, W, int(n_channels)), chunks=(c, c, int(n_channels)), dtype="float16",
-        fill_value=np.nan,
-    )  # fmt: skip
-    group.create_array("coverage", shape=(H, W), chunks=(c, c), dtype="bool", fill_value=False)
-    group.create_array(
-        "tiles_done", shape=(max(1, n_tiles),), chunks=(max(1, n_tiles),), dtype="bool",
-        fill_value=False,
-    )  # fmt: skip
-    if n_tiles == 0:
-        group["tiles_done"][:] = True
-    tm = np.asarray(tissue_mask, dtype=bool)
-    group.create_array("tissue", shape=tm.shape, dtype="bool", fill_value=False)
-    group["tissue"][:] = tm
-    meta = dict(attrs)
-    meta.update(kind=_KIND, format_version=FORMAT_VERSION, fill_value="NaN", complete=False)
-    group.attrs.update(meta)
     # the folder appears under its final name only once its arrays exist
-    tmp.rename(path)
+    with atomic_dir(path) as tmp:
+        group = zarr.open_group(str(tmp), mode="w")
+        H, W = int(map_shape[0]), int(map_shape[1])
+        c = max(1, min(int(chunk_cells), max(H, W)))
+        group.create_array(
+            "map", shape=(H, W, int(n_channels)), chunks=(c, c, int(n_channels)), dtype="float16",
+            fill_value=np.nan,
+        )  # fmt: skip
+        group.create_array("coverage", shape=(H, W), chunks=(c, c), dtype="bool", fill_value=False)
+        group.create_array(
+            "tiles_done", shape=(max(1, n_tiles),), chunks=(max(1, n_tiles),), dtype="bool",
+            fill_value=False,
+        )  # fmt: skip
+        if n_tiles == 0:
+            group["tiles_done"][:] = True
+        tm = np.asarray(tissue_mask, dtype=bool)
+        group.create_array("tissue", shape=tm.shape, dtype="bool", fill_value=False)
+        group["tissue"][:] = tm
+        meta = dict(attrs)
+        meta.update(kind=_KIND, format_version=FORMAT_VERSION, fill_value="NaN", complete=False)
+        group.attrs.update(meta)
     return DenseMap(zarr.open_group(str(path), mode="r+"), path)
 
 

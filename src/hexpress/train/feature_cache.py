@@ -41,9 +41,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hexpress._files import TEMP_GLOB, sha256_file, write_json
+from hexpress._files import TEMP_GLOB, atomic_dir, sha256_file, write_json
 from hexpress.errors import ConfigError, FormatError
 from hexpress.train.augment import AugmentParams, d4_image, d4_points
 
@@ -219,14 +217,9 @@ def _open_group(folder: Path, key: dict):
         log.info("no feature cache for %s at %s yet: building it", key["slide"], folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     # the group appears under its final name only once it describes itself
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         group = zarr.open_group(str(tmp), mode="w")
         group.attrs.update({"kind": _KIND, "format_version": FORMAT_VERSION, "key": key})
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return zarr.open_group(str(folder), mode="r+")
 
 

@@ -112,7 +112,7 @@ def _level(name: str, axis: str, value) -> tuple[list[str], str | None]:
 
 def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None:
     """Why this run cannot be made here, or ``None``."""
-    from hexpress.models import list_models, model_info
+    from hexpress.models import describe_model, list_models
     from hexpress.models.encoders import encoder_spec, encoder_weights_available, list_encoders
 
     try:
@@ -122,7 +122,7 @@ def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None
     if cfg.model.name not in list_models():
         return f"model {cfg.model.name!r} is not registered here"
     encoders = list_encoders()
-    used = cfg.model.kwargs.get("encoder") or model_info(cfg.model.name).get("encoder")
+    used = cfg.model.kwargs.get("encoder") or describe_model(cfg.model.name).get("encoder")
     for enc in [used, *needs]:
         if enc is not None and enc not in encoders:
             return f"encoder {enc!r} is not registered here"
