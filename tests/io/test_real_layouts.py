@@ -322,3 +322,43 @@ def test_xenium_cells_as_polygons_on_the_he(xenium):
     assert poly.shape == (8, 2)
     np.testing.assert_allclose(poly[0], expect)
     assert Footprints.from_adata(a, model_mpp=1.0).kind == "polygon"
+
+
+def test_predict_cells_from_a_xenium_bundle_land_on_its_he(xenium, tmp_path):
+    """`predict --cells <bundle>/cell_boundaries.parquet` on the bundle's aligned H&E: µm vertices
+    go through the alignment (given, or found beside the cells for that very slide)."""
+    from hexpress.infer.pipeline import PredictOptions, _cells_alignment
+    from hexpress.infer.units import read_cells
+    from hexpress.io.image import open_image
+
+    t = np.linspace(0, 2 * np.pi, 9)[:-1]
+    rows = [
+        {"cell_id": cid, "vertex_x": x + 4 * np.cos(a), "vertex_y": y + 4 * np.sin(a)}
+        for cid, (x, y) in zip(xenium.barcodes, xenium.xy_fullres, strict=True)
+        for a in t
+    ]
+    cells = xenium.root / "cell_boundaries.parquet"
+    pd.DataFrame(rows).to_parquet(cells, index=False)
+    expect = read_xenium(
+        xenium.root, image=xenium.root / "he.png", alignment=xenium.root / "alignment.csv",
+        cell_shape="polygon",
+    ).adata.uns["hexpress"]["polygons"]  # fmt: skip
+    u = read_cells(cells, mpp=xenium.mpp_fullres, alignment=xenium.root / "alignment.csv")
+    for got, want in zip(u.polygons, expect, strict=True):
+        np.testing.assert_allclose(got, want)
+    # Without the alignment the same vertices are read in the Xenium frame: elsewhere.
+    plain = read_cells(cells, mpp=xenium.mpp_fullres)
+    assert np.abs(plain.polygons[0] - expect[0]).max() > 1.0
+    # The bundle's own H&E and alignment are found for that slide, and only for that slide.
+    he = xenium.root / "sample_he_image.ome.tif"
+    he.write_bytes((xenium.root / "he.png").read_bytes())
+    (xenium.root / "sample_he_imagealignment.csv").write_bytes(
+        (xenium.root / "alignment.csv").read_bytes()
+    )
+    opts = PredictOptions(cells=str(cells))
+    slide = open_image(xenium.root / "he.png", mpp=xenium.mpp_fullres)
+    assert _cells_alignment(slide, opts) is None  # another image: its own frame
+    slide.path = he
+    assert _cells_alignment(slide, opts).name == "sample_he_imagealignment.csv"
+    given = PredictOptions(cells=str(cells), cells_alignment="mine.csv")
+    assert _cells_alignment(slide, given) == "mine.csv"

@@ -60,6 +60,12 @@ def predict(
     cells: Path | None = typer.Option(
         None, "--cells", help="Cell polygons: GeoJSON (level-0 px) or vertex parquet."
     ),
+    cells_alignment: Path | None = typer.Option(
+        None,
+        "--cells-alignment",
+        help="Xenium Explorer alignment of the slide (matrix or keypoints CSV) for µm cell "
+        "vertices; default: the bundle's own when the slide is its post-Xenium H&E.",
+    ),
     genes: str | None = typer.Option(
         None, "--genes", help="Genes to keep in outputs: comma-separated, or a file."
     ),
@@ -89,6 +95,7 @@ def predict(
         spots=str(spots) if spots else None,
         spot_diameter_um=spot_diameter_um,
         cells=str(cells) if cells else None,
+        cells_alignment=str(cells_alignment) if cells_alignment else None,
         genes=_names(genes) or None,
         preview=_names(preview),
         tile_px=tile_px,

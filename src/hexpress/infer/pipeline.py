@@ -53,6 +53,8 @@ class PredictOptions:
         spots: a spots file (positions in level-0 px of every slide).
         spot_diameter_um: spot diameter for spot files that do not carry one.
         cells: a cells file (polygons).
+        cells_alignment: Xenium Explorer alignment of the slide for µm cell vertices (default:
+            the one beside the cells file when the slide is that folder's post-Xenium H&E).
         genes: keep only these genes in the outputs (default all).
         preview: genes to draw preview PNGs of.
         tile_px, batch_size, device, tta: inference settings.
@@ -69,6 +71,7 @@ class PredictOptions:
     spots: str | None = None
     spot_diameter_um: float | None = None
     cells: str | None = None
+    cells_alignment: str | None = None
     genes: Sequence[str] | None = None
     preview: Sequence[str] = ()
     tile_px: int | None = None
@@ -99,6 +102,23 @@ def slide_out_dir(out: str | Path, slide_path: str | Path) -> Path:
     return Path(out) / Path(name).stem
 
 
+def _cells_alignment(slide: SlideImage, opts: PredictOptions) -> str | Path | None:
+    """The alignment for µm cell vertices: the one given, else the one Xenium's bundle holds
+    for this very slide (cells from ``<bundle>/cell_boundaries.parquet`` predicted on
+    ``<bundle>/*he_image.ome.tif``), else none (the slide is in the cells' frame)."""
+    if opts.cells_alignment:
+        return opts.cells_alignment
+    if slide.path is None:
+        return None
+    from hexpress.io.xenium import find_he_image
+
+    he, alignment = find_he_image(Path(opts.cells).parent)
+    if he is not None and alignment is not None and he.resolve() == slide.path.resolve():
+        log.info("cells: µm vertices mapped onto %s through %s", he.name, alignment.name)
+        return alignment
+    return None
+
+
 def _geometries(slide: SlideImage, opts: PredictOptions, tissue) -> list[tuple[Units, bool]]:
     """Unit sets to predict, each with whether units nothing was predicted under are dropped."""
     sets: list[tuple[Units, bool]] = []
@@ -113,7 +133,7 @@ def _geometries(slide: SlideImage, opts: PredictOptions, tissue) -> list[tuple[U
         u = read_spots(opts.spots, mpp=slide.mpp, diameter_um=opts.spot_diameter_um)
         sets.append((keep_inside(u, slide.width, slide.height, source=str(opts.spots)), False))
     if opts.cells:
-        u = read_cells(opts.cells, mpp=slide.mpp)
+        u = read_cells(opts.cells, mpp=slide.mpp, alignment=_cells_alignment(slide, opts))
         sets.append((keep_inside(u, slide.width, slide.height, source=str(opts.cells)), False))
     return sets
 

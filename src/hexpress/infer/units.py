@@ -339,12 +339,34 @@ def _polygons_units(ids, polys, source) -> Units:
     )
 
 
-def read_cells(path: str | Path, *, mpp: float) -> Units:
+def _um_vertices_to_px(xy_um: np.ndarray, mpp: float, alignment) -> np.ndarray:
+    """µm vertices -> level-0 px: through a Xenium alignment when one is given, else / mpp."""
+    if alignment is None:
+        return xy_um / mpp
+    from hexpress.io.xenium import XENIUM_PIXEL_SIZE_UM, read_alignment, xenium_to_image_px
+
+    M = (
+        read_alignment(alignment)
+        if isinstance(alignment, (str, Path))
+        else np.asarray(alignment, dtype=np.float64)
+    )
+    if M.shape != (3, 3):
+        raise FormatError(f"A cells alignment must be a 3 x 3 matrix, got shape {M.shape}.")
+    return xenium_to_image_px(xy_um, M, XENIUM_PIXEL_SIZE_UM, mpp)
+
+
+def read_cells(
+    path: str | Path, *, mpp: float, alignment: str | Path | np.ndarray | None = None
+) -> Units:
     """Read cell polygons (GeoJSON in level-0 px, or parquet of vertices; see module docstring).
 
     Args:
         path: ``.geojson`` / ``.json`` or ``.parquet`` / ``.csv``.
-        mpp: µm per level-0 px (to convert µm vertices).
+        mpp: µm per level-0 px (to convert µm vertices of an image in the cells' own frame).
+        alignment: for µm vertices (``vertex_x``, ``vertex_y``: Xenium's
+            ``cell_boundaries.parquet``) on an H&E that is not in the Xenium frame, Xenium
+            Explorer's alignment of that H&E (matrix or keypoints CSV, or a ``(3, 3)`` array,
+            H&E px -> Xenium px; see :func:`hexpress.io.xenium.read_alignment`).
     """
     path = Path(path)
     if not path.is_file():
@@ -381,7 +403,7 @@ def read_cells(path: str | Path, *, mpp: float) -> Units:
     if {"x_px", "y_px"} <= set(df.columns):
         xy = df[["x_px", "y_px"]].to_numpy(dtype=np.float64)
     elif {"vertex_x", "vertex_y"} <= set(df.columns):
-        xy = df[["vertex_x", "vertex_y"]].to_numpy(dtype=np.float64) / mpp
+        xy = _um_vertices_to_px(df[["vertex_x", "vertex_y"]].to_numpy(np.float64), mpp, alignment)
     else:
         raise FormatError(
             f"{path}: vertex columns not found: give x_px, y_px (level-0 px) or vertex_x, "
