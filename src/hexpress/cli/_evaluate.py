@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 
 from hexpress import _keys as K
-from hexpress.errors import FormatError, InputFileError
+from hexpress.errors import FormatError, InputFileError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,32 @@ def _with_positions(pred, truth, unit_ids):
     return sub
 
 
+def method_name(uns, fallback: str) -> str:
+    """The method's display name from a prediction's ``uns["hexpress"]``: the model's registry
+    name and, when the checkpoint path is known, its run folder, e.g. ``pixnet (run demo)``."""
+    model = uns.get("model") or uns.get("method")
+    if isinstance(model, Mapping):
+        model = model.get("name")
+    if not model:
+        return fallback
+    ckpt = uns.get("checkpoint")
+    path = ckpt.get("path") if isinstance(ckpt, Mapping) else None
+    run = Path(path).parent.name if path else ""
+    return f"{model} (run {run})" if run and run not in (".", "") else str(model)
+
+
+def _check_out(out: Path | None, overwrite: bool) -> None:
+    if out is None or overwrite or not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a folder for the report.")
+    if any(out.iterdir()):
+        raise OutputExistsError(
+            f"--out {out} already exists and is not empty; pass --overwrite to replace the "
+            "report in it, or choose a new folder."
+        )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
@@ -92,12 +119,13 @@ def register(app: typer.Typer) -> None:
         from hexpress.eval.report import MethodResult, json_safe, markdown_table, results_table
         from hexpress.io.formats import read_sample
 
+        _check_out(out, overwrite)  # before any work
         p = _read(pred, "prediction")
         t = read_sample(truth, truth_format).adata if truth_format else _read(truth, "truth")
         p = match_by_position(t, p, name=str(pred))
         sets = load_gene_sets(gene_sets) if gene_sets else {}
         uns = p.uns.get(K.UNS, {})
-        name = method or str(uns.get("model") or uns.get("method") or pred.stem)
+        name = method or method_name(uns, pred.stem)
         section = str(uns.get("sample_id") or t.uns.get(K.UNS, {}).get("sample_id") or truth.stem)
         _, genes = check_match(t, p, strict=strict, name=str(pred))
         norm_truth, note = prepare_truth(t, p, genes=genes, name=str(truth))
