@@ -172,8 +172,13 @@ def register(app: typer.Typer) -> None:
 
             use_agg()
             truth_units = norm_truth[a.unit_ids]
+            # a prediction written by `hexpress predict` has its dense map beside it
+            dense = pred.parent / "map.zarr"
             result = MethodResult(
-                name, [m], predictions={section: _with_positions(p, t, a.unit_ids)}
+                name,
+                [m],
+                predictions={section: _with_positions(p, t, a.unit_ids)},
+                maps={section: dense} if dense.exists() else {},
             )
             has_pos = K.SPATIAL in truth_units.obsm
             image = _truth_image(t) if has_pos else None
