@@ -148,6 +148,18 @@ def _write_crash_log(argv: list[str], exc: BaseException) -> Path | None:
     return None
 
 
+def _usage_of(args: list[str]) -> str:
+    """``Usage: hexpress CMD ...`` and the hint line, for the command named in ``args``."""
+    root = typer.main.get_command(app)
+    ctx = root.make_context("hexpress", [], resilient_parsing=True)
+    name = next((a for a in args if not a.startswith("-")), None)
+    sub = root.get_command(ctx, name) if name else None
+    if sub is None:
+        return f"{ctx.get_usage()}\nTry 'hexpress --help' for help.\n"
+    sub_ctx = sub.make_context(name, [], parent=ctx, resilient_parsing=True)
+    return f"{sub_ctx.get_usage()}\nTry 'hexpress {name} --help' for help.\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: every outcome is one exit status (see the module docstring) and
     never a traceback, unless ``--debug`` asks for one."""
@@ -171,7 +183,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except usage_errors as e:
-        # click's own errors: a usage error shows the usage line, a hint and the reason
+        # click's own errors: a usage error shows the usage line, a hint and the reason; a few
+        # (an option given without its value) come without a context, so the line is made here
+        if getattr(e, "ctx", True) is None and getattr(e, "exit_code", 0) == EXIT_USAGE:
+            typer.echo(_usage_of(args), err=True)
         e.show()
         sys.exit(getattr(e, "exit_code", EXIT_USAGE))
     except Exception as e:

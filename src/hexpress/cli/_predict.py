@@ -82,6 +82,7 @@ def predict(
     from hexpress.cli._checks import check_checkpoint_path, check_names
     from hexpress.infer.pipeline import PredictOptions, load_model_info, predict_slides
 
+    bins_um, discs = _floats(bins, "--bins"), _floats(discs_um, "--discs-um")
     for s in slides:
         if not s.exists():
             raise InputFileError(f"slide {s} not found; give an image file (TIFF/SVS/JPEG/...).")
@@ -98,8 +99,8 @@ def predict(
         )
     opts = PredictOptions(
         mpp=mpp,
-        bins_um=_floats(bins, "--bins"),
-        discs_um=_floats(discs_um, "--discs-um"),
+        bins_um=bins_um,
+        discs_um=discs,
         disc_pitch_um=disc_pitch_um,
         spots=str(spots) if spots else None,
         spot_diameter_um=spot_diameter_um,
