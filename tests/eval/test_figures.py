@@ -152,3 +152,21 @@ def test_cross_scale_legend_says_when_a_method_has_no_defined_value():
     ax = plot_cross_scale(table, ax=_ax())
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert labels == ["model", "mean (PCC@M undefined)"]
+
+
+def test_map_titles_do_not_overlap():
+    counts, image = make_section(0)
+    norm = normalize(counts)
+    long = "EfficientNet-Lite0 patch (run effnet_patch_synthetic)"
+    fig = plot_truth_vs_prediction(norm, noisy_prediction(norm, 0.3), ["G0", "G1"],
+                                   image=image, method=long, fig=Figure())  # fmt: skip
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = [a.title.get_window_extent(renderer) for a in fig.axes if a.get_title()]
+    assert len(boxes) == 8
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b), (a, b)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -366,6 +367,8 @@ def plot_truth_vs_prediction(
     if len(common) == 0:
         raise ConfigError("the truth and the prediction share no unit (obs_names).")
     truth, pred = truth[common], pred[common]
+    # long method names wrap, so that the titles of neighbouring panels never overlap
+    method = textwrap.fill(str(method), width=max(12, int(panel_in * 9)))
     thumb = image.thumbnail(max_side) if image is not None else None
     label = normalization_label(truth.uns.get(K.UNS, {}).get(K.NORMALIZATION))
     if fig is None:
