@@ -135,16 +135,13 @@ def _write_crash_log(argv: list[str], exc: BaseException) -> Path | None:
     )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     name = f"crash-{stamp}-{os.getpid()}.log"
+    from hexpress._files import write_file
+
     for folder in (crash_log_dir(), Path(tempfile.gettempdir()) / "hexpress-logs"):
-        path = folder / name
-        tmp = folder / f".{name}.tmp"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(text)
-            os.replace(tmp, path)
-            return path
+            return write_file(folder / name, text)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            continue
     return None
 
 

@@ -87,14 +87,6 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
-def _nice_length(um: float) -> float:
-    exp = 10 ** math.floor(math.log10(um))
-    for m in (5, 2, 1):
-        if m * exp <= um:
-            return m * exp
-    return exp
-
-
 def write_previews(
     dm: DenseMap,
     slide: SlideImage,
@@ -115,6 +107,8 @@ def write_previews(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from hexpress.pl.maps import add_scale_bar, normalization_label
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     values, k = map_thumbnail(dm, genes, max_side=max_side)
@@ -132,14 +126,11 @@ def write_previews(
                        interpolation="nearest")  # fmt: skip
         ax.set_xlim(0, w_um)
         ax.set_ylim(h_um, 0)
-        bar_um = _nice_length(w_um / 5)
-        x0, y0 = w_um * 0.05, h_um * 0.95
-        ax.plot([x0, x0 + bar_um], [y0, y0], color="black", lw=3)
-        label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} µm"
-        ax.text(x0, y0 - h_um * 0.015, label, color="black", fontsize=9)
+        add_scale_bar(ax, 1.0, fraction=0.2)  # the axes are in µm: 1 µm per unit
         ax.set_title(gene)
         ax.set_axis_off()
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="predicted (normalised)")
+        label = "predicted " + normalization_label(dm.normalization)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=label)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in gene)
         path = out_dir / f"preview_{safe}.png"
         write_figure(path, fig, bbox_inches="tight")
