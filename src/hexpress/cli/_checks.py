@@ -39,7 +39,7 @@ def check_names(
     raise ConfigError(
         f"{option}: unknown {what}(s) {', '.join(hints)}{more}. The model predicts "
         f"{len(valid)} {what}s, e.g. {', '.join(map(str, list(valid)[:8]))}; "
-        "`hexpress info` or the checkpoint's .json lists them all."
+        'the checkpoint\'s .json lists them all ("genes").'
     )
 
 

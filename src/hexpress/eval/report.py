@@ -631,8 +631,8 @@ def _map_figures(data: ReportData, add_figure) -> None:
                     group, f"dense_{stem}.png", fig,
                     f"Section {p.section}, {p.method}: the predicted dense map of "
                     f"{', '.join(p.genes)} over the H&E, cropped to the tissue (glass outside "
-                    f"the tissue mask left clear), at {dm.map_mpp:g} µm per map cell averaged "
-                    f"down for display; values {label}, colour scale per gene from its 1st to "
+                    f"the tissue mask left clear), shown in blocks of at least 16 µm (the map "
+                    f"itself has {dm.map_mpp:g} µm cells); values {label}, colour scale per gene from its 1st to "
                     "99th percentile.",
                 )  # fmt: skip
         fig = plot_truth_vs_prediction(p.truth, p.pred, p.genes, image=p.image, method=p.method,

@@ -28,9 +28,18 @@ def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> n
 
 
 def map_thumbnail(
-    dm: DenseMap, genes: Sequence[str], *, max_side: int = 1024, tissue_only: bool = True
+    dm: DenseMap,
+    genes: Sequence[str],
+    *,
+    max_side: int = 1024,
+    tissue_only: bool = True,
+    block_um: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Per-gene map averaged down so its longer side is at most ``max_side``.
+
+    A density map (``mode="density"``) is averaged as densities, gene and total channels
+    alike, and normalised afterwards, so that each value is the expression of its block as a
+    unit of that size would measure it; a per-cell ratio of tiny densities would be noise.
 
     Args:
         dm: a complete map.
@@ -38,6 +47,7 @@ def map_thumbnail(
         max_side: longest side of the result, in cells.
         tissue_only: NaN where the map's tissue mask has no tissue. Tiles are predicted whole, so
             the glass around tissue inside a tile has values too; a preview hides them.
+        block_um: average at least this many µm along each side (e.g. 16, a Visium HD bin).
 
     Returns:
         ``(values, factor)``: ``(h, w, len(genes))`` float32 (NaN where nothing was predicted)
@@ -53,16 +63,20 @@ def map_thumbnail(
     idx = [names.index(g) for g in genes]
     H, W, _ = dm.shape
     k = max(1, math.ceil(max(H, W) / max_side))
+    if block_um:
+        k = max(k, round(block_um / dm.map_mpp))
+    density = dm.mode == "density"
+    sel = [*idx, dm.shape[2] - 1] if density else idx  # densities: the total channel too
     h, w = math.ceil(H / k), math.ceil(W / k)
     out = np.full((h, w, len(idx)), np.nan, dtype=np.float32)
     band = max(k, (dm.chunks[0] // k) * k)
     scale = float(dm.normalization.get("scale", 1.0) or 1.0)
     for y0 in range(0, H, band):
         vals, _ = dm.read(y0, y0 + band, 0, w * k)
-        g = _gene_values(vals, idx, dm.mode, scale)
-        g = g.reshape(band // k, k, w, k, len(idx))
+        g = vals[..., sel].reshape(band // k, k, w, k, len(sel))
         with np.errstate(invalid="ignore"), _quiet():
             mean = np.nanmean(g, axis=(1, 3))
+        mean = _gene_values(mean, list(range(len(idx))), dm.mode, scale)
         r0 = y0 // k
         out[r0 : r0 + mean.shape[0]] = mean[: h - r0]
     if tissue_only:

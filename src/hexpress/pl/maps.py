@@ -407,6 +407,7 @@ def plot_dense_map(
     panel_in: float = 3.6,
     percentiles: tuple[float, float] = (1.0, 99.0),
     pad_um: float = 50.0,
+    block_um: float = 16.0,
     title: str | None = None,
     fig=None,
 ):
@@ -423,6 +424,9 @@ def plot_dense_map(
         panel_in: panel size in inches.
         percentiles: colour limits per gene, as percentiles of its map.
         pad_um: margin around the tissue's bounding box.
+        block_um: display resolution: the map is averaged over blocks at least this wide (the
+            expression a square unit of that side would get), so that it reads at a scale where
+            expression is measured rather than at single map cells.
         title: prefix of each panel title (e.g. the method).
         fig: a figure to draw into.
 
@@ -436,7 +440,7 @@ def plot_dense_map(
     genes = list(genes)
     if not genes:
         raise ConfigError("plot_dense_map needs at least one gene.")
-    values, k = map_thumbnail(dm, genes, max_side=max_side)
+    values, k = map_thumbnail(dm, genes, max_side=max_side, block_um=block_um)
     cell_px = k * dm.map_mpp / dm.slide_mpp  # level-0 px per thumbnail cell
     mh, mw = values.shape[:2]
     seen = np.isfinite(values).any(axis=2)
