@@ -26,12 +26,15 @@ def _read(path: Path, what: str):
         raise FormatError(f"{path}: cannot be read as AnnData .h5ad ({e}).") from e
 
 
-def _truth_image(truth):
-    """The truth's slide image, when its metadata names one that exists (for the maps)."""
+def _truth_image(truth, truth_path: Path):
+    """The truth's slide image, when its metadata names one that exists (for the maps); a
+    relative path is taken from the truth file's folder."""
     from hexpress.io.image import open_image
 
     uns = truth.uns.get(K.UNS, {})
     path, mpp = uns.get("image_path"), uns.get("mpp")
+    if path and not Path(path).is_absolute() and not Path(path).is_file():
+        path = str(truth_path.parent / path)
     if not path or mpp is None or not Path(path).is_file():
         return None
     try:
@@ -181,7 +184,7 @@ def register(app: typer.Typer) -> None:
                 maps={section: dense} if dense.exists() else {},
             )
             has_pos = K.SPATIAL in truth_units.obsm
-            image = _truth_image(t) if has_pos else None
+            image = _truth_image(t, truth) if has_pos else None
             written = write_report(
                 out,
                 [result],
