@@ -727,7 +727,9 @@ def _html(data: ReportData, figures, written: dict[str, Path]) -> str:
     group = None
     for i, (g, rel, caption, png) in enumerate(figures, start=1):
         if g != group:
-            parts.append(f"<h2>{esc(g if g != 'Summary' else 'Figures')}</h2>")
+            heading = g if g != "Summary" else "Figures"
+            anchor = "".join(c if c.isalnum() else "-" for c in heading.lower())
+            parts.append(f"<h2 id='{esc(anchor)}'>{esc(heading)}</h2>")
             group = g
         b64 = base64.b64encode(png).decode("ascii")
         parts.append(

@@ -403,7 +403,7 @@ def plot_dense_map(
     image=None,
     max_side: int = 800,
     cmap: str = "magma",
-    alpha: float = 0.75,
+    alpha: float = 0.7,
     panel_in: float = 3.6,
     percentiles: tuple[float, float] = (1.0, 99.0),
     pad_um: float = 50.0,
