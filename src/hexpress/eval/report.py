@@ -645,14 +645,39 @@ def _map_figures(data: ReportData, add_figure) -> None:
             f"measured against predicted per unit, dashed line y = x. Values {label}.",
         )  # fmt: skip
         for name, st, spred in p.scales:
-            fig = plot_truth_vs_prediction(st, spred, p.genes, image=p.image,
+            win_st, win_pred, side_um = _bin_window(st, spred)
+            fig = plot_truth_vs_prediction(win_st, win_pred, p.genes, image=p.image,
                                            method=p.method, fig=_new_figure())  # fmt: skip
             add_figure(
                 group, f"bins_{_safe(name)}_{stem}.png", fig,
-                f"{name}, {p.method}: the {spred.n_obs} bins that were predicted, drawn as an "
+                f"{name}, {p.method}: the {win_pred.n_obs} predicted bins (of {spred.n_obs}) in a "
+                f"{_BIN_WINDOW * side_um:g} µm window at the centre of the section, drawn as an "
                 "image on their grid (empty where no bin was predicted: the bins are a random "
                 f"subsample). Panels as above; values {label}.",
             )  # fmt: skip
+
+
+_BIN_WINDOW = 40  # bins along each side of the window the bin maps show
+
+
+def _bin_window(truth, pred):
+    """The units of ``truth`` and ``pred`` inside a square of :data:`_BIN_WINDOW` bins around
+    the predicted bins' median position, so that single bins are visible; and the bin side."""
+    from hexpress import _keys as K
+
+    side_um = float(pred.obs[K.SIZE_UM].iloc[0])
+    mpp = float(pred.uns.get(K.UNS, {}).get("mpp") or truth.uns.get(K.UNS, {}).get("mpp") or 0)
+    if not mpp:
+        return truth, pred, side_um
+    half = _BIN_WINDOW * side_um / mpp / 2
+    centre = np.median(np.asarray(pred.obsm[K.SPATIAL])[:, :2], axis=0)
+
+    def inside(a):
+        d = np.abs(np.asarray(a.obsm[K.SPATIAL])[:, :2] - centre)
+        return a[(d <= half).all(axis=1)]
+
+    win_pred = inside(pred)
+    return (truth, pred, side_um) if win_pred.n_obs < 2 else (inside(truth), win_pred, side_um)
 
 
 _HOW_TO_READ = (
