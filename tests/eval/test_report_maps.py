@@ -148,3 +148,19 @@ def test_sections_table_unchanged_by_the_split(dense_report):
     table = pd.read_csv(out / "sections.csv")
     assert list(table["method"]) == ["pixnet (run demo)", "ceiling (neighbours)"]
     assert table.loc[0, "PCC@M"] == pytest.approx(data.results[0].sections[0].summary()["PCC@M"])
+
+
+def test_bin_maps_show_a_window_where_single_bins_are_visible():
+    from hexpress.eval.report import _BIN_WINDOW, _bin_window
+
+    truth, pred, _ = _bins(4, side_um=8.0)
+    # spread the same bins over a 10x wider area: a window of 40 bins keeps the central ones
+    for a in (truth, pred):
+        a.obsm[K.SPATIAL] = np.asarray(a.obsm[K.SPATIAL]) * 10
+    wt, wp, side = _bin_window(normalize(truth), pred)
+    assert side == 8.0 and 2 <= wp.n_obs < pred.n_obs
+    half_px = _BIN_WINDOW * 8.0 / MPP / 2
+    centre = np.median(np.asarray(pred.obsm[K.SPATIAL]), axis=0)
+    for a in (wt, wp):
+        assert (np.abs(np.asarray(a.obsm[K.SPATIAL]) - centre) <= half_px).all()
+    assert set(wp.obs_names) <= set(wt.obs_names)
