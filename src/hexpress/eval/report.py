@@ -214,8 +214,12 @@ def machine_info() -> dict[str, str]:
 
 # -- writing ------------------------------------------------------------------------------------
 def _png(fig) -> bytes:
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    # a constrained layout already fits everything in; "tight" would draw the figure twice
+    tight = not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 

@@ -326,7 +326,7 @@ def plot_truth_vs_prediction(
     *,
     image=None,
     method: str = "prediction",
-    max_side: int = 1600,
+    max_side: int = 800,
     cmap: str = "viridis",
     panel_in: float = 2.9,
     percentiles: tuple[float, float] = (1.0, 99.0),
@@ -462,7 +462,7 @@ def plot_dense_map(
     fig.set_size_inches(panel_in * cols_n + 0.9 * cols_n, panel_in * aspect * rows_n + 0.5)
     fig.set_layout_engine("constrained")
     axes = np.atleast_1d(fig.subplots(rows_n, cols_n, squeeze=False).ravel())
-    thumb = image.thumbnail(max(1600, max_side)) if image is not None else None
+    thumb = image.thumbnail(max_side) if image is not None else None
     for gi, (ax, gene) in enumerate(zip(axes, genes, strict=False)):
         if thumb is not None:
             _draw_image(ax, image, thumb, box)
