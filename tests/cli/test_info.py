@@ -36,7 +36,7 @@ def test_info_missing_section_lists_them(her2st_dir):
         capture_output=True,
         text=True,
     )
-    assert p.returncode == 2
+    assert p.returncode == 1
     assert "error:" in p.stderr and "A1, C2, C3, C4, C5, C6" in p.stderr
 
 

@@ -62,13 +62,13 @@ def test_evaluate_writes_report(files, tmp_path):
     out = tmp_path / "rep"
     res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--out", str(out)])
     assert res.exit_code == 0, res.output
-    for name in ("report.html", "results.csv", "per_gene.json", "figures/maps_sec0.png"):
+    for name in ("report.html", "results.csv", "per_gene.json", "figures/maps_sec0_tiny-dense.png"):
         assert (out / name).is_file(), name
     assert "raw counts normalised" in (out / "report.html").read_text()
     again = CliRunner().invoke(
         app, ["evaluate", str(pred), "--truth", str(truth), "--out", str(out)]
     )
-    assert again.exit_code != 0 and "already holds a report" in str(again.exception)
+    assert again.exit_code != 0 and "--overwrite" in str(again.exception)
 
 
 def test_evaluate_errors(files, tmp_path):
@@ -95,3 +95,50 @@ def test_evaluate_ceiling_on_the_scored_units(files):
     assert doc["ceiling"]["PCC@M"] == pytest.approx(ref.summary()["PCC@M"], abs=1e-6)
     text = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--ceiling"])
     assert "| ceiling (neighbours) |" in text.output and "not a method" in text.output
+
+
+def test_method_named_by_the_model_and_its_run(files, tmp_path):
+    truth, _, _, pred = files
+    p = pred.copy()
+    p.uns["hexpress"]["model"] = {"name": "pixnet", "kwargs": {"mode": "density"}}
+    p.uns["hexpress"]["checkpoint"] = {"path": "runs/her2st_a/model.json", "sha256": "x"}
+    path = tmp_path / "named.h5ad"
+    p.write_h5ad(path)
+    res = CliRunner().invoke(app, ["evaluate", str(path), "--truth", str(truth)])
+    assert res.exit_code == 0, res.output
+    assert "| pixnet (run her2st_a) |" in res.output
+    assert "kwargs" not in res.output and "{" not in res.output
+
+
+def test_existing_out_refused_before_computing(files, tmp_path, monkeypatch):
+    import hexpress.eval.metrics as metrics
+
+    truth, pred, _, _ = files
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+
+    def never(*a, **k):
+        raise AssertionError("computed before refusing")
+
+    monkeypatch.setattr(metrics, "section_metrics", never)
+    res = CliRunner().invoke(app, ["evaluate", str(pred), "--truth", str(truth), "--out", str(out)])
+    assert res.exit_code != 0
+    assert "--overwrite" in str(res.exception) and "PCC@M" not in res.output
+
+
+def test_prediction_folder_map_is_drawn(files, tmp_path):
+    from eval_helpers import write_field_map
+
+    truth, _, norm, pred = files
+    _, image = make_section(0)
+    folder = tmp_path / "slide"
+    folder.mkdir()
+    pred.write_h5ad(folder / "spots.h5ad")
+    write_field_map(folder / "map.zarr", norm, image)
+    out = tmp_path / "rep"
+    res = CliRunner().invoke(
+        app, ["evaluate", str(folder / "spots.h5ad"), "--truth", str(truth), "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    assert list((out / "figures").glob("dense_sec0_*.png"))

@@ -59,7 +59,7 @@ def test_all_files_written(report):
         "results.csv", "results.md", "sections.csv", "gene_sets.csv", "cross_scale.csv",
         "morans_i.csv", "predictability.csv", "per_gene.json", "report.html",
         "figures/pcc_distribution.png", "figures/pcc_vs_morans.png", "figures/cross_scale.png",
-        "figures/maps_sec0.png",
+        "figures/maps_sec0_dense.png", "figures/maps_sec1_patch.png",
     ):  # fmt: skip
         assert (out / name).is_file(), name
         assert written[name] == out / name
@@ -81,10 +81,10 @@ def test_html_is_self_contained(report):
     out, _, _ = report
     html = (out / "report.html").read_text()
     imgs = re.findall(r"<img src='data:image/png;base64,([^']+)'", html)
-    assert len(imgs) == 4
+    assert len(imgs) == 7  # 3 summaries, then 2 methods x 2 sections of maps
     for data in imgs:
         assert base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n"
-    for text in ("synthetic check", "leave-one-section-out", "dense.encoder", "Figure 4.",
+    for text in ("synthetic check", "leave-one-section-out", "dense.encoder", "Figure 7.",
                  "cpu_count", "Predictability", "Cross-scale", "truth normalised from raw"):  # fmt: skip
         assert text in html, text
     assert "http://" not in html and "https://" not in html  # nothing fetched from outside

@@ -26,8 +26,10 @@ def test_report_figures_render_in_chromium(tmp_path):
     report = mod.synthetic_report(tmp_path / "report")
     shot = tmp_path / "page.png"
     res = mod.check_report(report, screenshot=shot, window=(1000, 1400))
-    assert res["images"] == 3, res  # PCC distribution, PCC vs Moran's I, maps
-    assert res["rendered"] == 3 and res["broken"] == []
+    # PCC distribution, PCC vs Moran's I, then measured vs predicted per method and section
+    figures = sorted((report.parent / "figures").glob("*.png"))
+    assert res["images"] == len(figures) == 6, res
+    assert res["rendered"] == 6 and res["broken"] == []
     assert all(w > 100 and h > 100 for w, h in res["sizes"])
     assert res["title"] == "hexpress report (synthetic check)"
     assert res["tables"] >= 3

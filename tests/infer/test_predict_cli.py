@@ -90,7 +90,7 @@ def test_predict_command_writes_every_geometry(workdir, monkeypatch, capsys, cap
     ax = sc.pl.spatial(sc.read_h5ad(folder / "bins_008um.h5ad"), color="A", show=False)[0]
     assert ax.images and ax.collections
     # results exist: refused without --overwrite, replaced with it
-    assert run_cli(monkeypatch, *args) == 2
+    assert run_cli(monkeypatch, *args) == 1
     assert "already holds results" in capsys.readouterr().err
     assert run_cli(monkeypatch, *args, "--overwrite") == 0
 
@@ -101,13 +101,13 @@ def test_bad_checkpoint_and_missing_mpp(workdir, monkeypatch, capsys, tmp_path):
     code = run_cli(
         monkeypatch, "predict", workdir / "slide.tif", "--checkpoint", bad, "--out", tmp_path / "o"
     )
-    assert code == 2 and "error:" in capsys.readouterr().err
+    assert code == 1 and "error:" in capsys.readouterr().err
     Image.fromarray(he_like(60, 80)).save(tmp_path / "slide.png")
     code = run_cli(
         monkeypatch, "predict", tmp_path / "slide.png", "--checkpoint",
         workdir / "ckpt" / "model", "--out", tmp_path / "o2", "--bins", "8",
     )  # fmt: skip
-    assert code == 2 and "--mpp" in capsys.readouterr().err
+    assert code == 1 and "--mpp" in capsys.readouterr().err
 
 
 def test_spots_all_outside_is_an_error(workdir, tmp_path):

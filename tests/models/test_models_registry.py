@@ -87,7 +87,10 @@ def test_models_cli_lists_models_and_weights():
     assert enc["tf_efficientnet_lite0"]["pretrained_available"] is True
     assert enc["resnet18"]["pretrained_available"] is False
     table = CliRunner().invoke(app, ["models"])
-    assert table.exit_code == 0 and "test_pixnet" in table.output and "yes" in table.output
+    assert table.exit_code == 0 and "pixnet" in table.output and "yes" in table.output
+    assert "test_pixnet" not in table.output  # the test suite's tiny models: only with --all
+    table = CliRunner().invoke(app, ["models", "--all"])
+    assert table.exit_code == 0 and "test_pixnet" in table.output
 
 
 def test_old_name_is_an_alias_not_a_second_model():

@@ -27,20 +27,45 @@ def _sample(geometry="disc"):
     return Sample(adata, img, "s", "p", "synthetic")
 
 
-@pytest.mark.parametrize("geometry", ["disc", "square"])
-def test_units_drawn_at_true_size(geometry):
+def test_discs_drawn_at_true_size():
     fig, ax = plt.subplots()
-    out = plot_spots(_sample(geometry), ax=ax, color="B", max_side=300)
+    out = plot_spots(_sample("disc"), ax=ax, color="B", max_side=300)
     assert out is ax
     (coll,) = ax.collections
-    paths = coll.get_paths()
-    assert len(paths) == 3
-    # 50 µm at 0.5 µm/px = 100 level-0 px; the thumbnail is at half scale -> 50 px across
-    ext = paths[0].get_extents()
-    assert ext.width == pytest.approx(50, rel=1e-6)
-    assert ext.x0 + ext.width / 2 == pytest.approx(50)  # centre 100 px * 0.5
+    # 50 µm at 0.5 µm/px = 100 level-0 px across; the panel is in level-0 px
+    np.testing.assert_allclose(coll._widths * 2, 100.0)
+    np.testing.assert_allclose(coll.get_offsets(), [[100, 100], [300, 200], [500, 300]])
     np.testing.assert_array_equal(coll.get_array(), [0, 2, 5])
+    assert ax.get_xlim() == pytest.approx((0, 600))  # the whole slide: an alignment check
+    assert any(t.get_text().endswith("µm") for t in ax.texts)  # a scale bar
     plt.close(fig)
+
+
+def test_square_bins_rasterised_on_their_grid():
+    fig, ax = plt.subplots()
+    plot_spots(_sample("square"), ax=ax, color="B", max_side=300)
+    assert not ax.collections
+    thumb, bins = ax.images  # the H&E, then the bins as one image
+    assert bins.get_extent() == pytest.approx([50, 550, 350, 50])  # 100 px bins, 3 x 5 grid
+    arr = np.ma.filled(bins.get_array().astype(float), np.nan)
+    assert arr.shape == (3, 5)
+    assert (arr[0, 0], arr[1, 2], arr[2, 4]) == (0, 2, 5)
+    assert np.isnan(arr).sum() == 12  # nothing drawn where no bin was measured
+    plt.close(fig)
+
+
+def test_outlines_and_categories():
+    fig, ax = plt.subplots()
+    plot_spots(_sample("square"), ax=ax)  # outlines only: patches, not an image
+    (coll,) = ax.collections
+    assert len(coll.get_paths()) == 3 and len(ax.images) == 1
+    s = _sample("disc")
+    s.adata.obs["kind"] = ["a", "b", "a"]
+    fig2, ax2 = plt.subplots()
+    plot_spots(s, ax=ax2, color="kind")
+    colors = ax2.collections[0].get_facecolor()
+    assert (colors[0] == colors[2]).all() and not (colors[0] == colors[1]).all()
+    plt.close("all")
 
 
 def test_bad_color():

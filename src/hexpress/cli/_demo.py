@@ -30,6 +30,13 @@ def register(app: typer.Typer) -> None:
         if steps < 1:
             raise typer.BadParameter("--steps must be at least 1.")
         cfg = load_bench_config(demo_config(out, steps=steps))
+        report = Path(cfg.out_dir) / "report.html"
+        if not overwrite and (Path(cfg.out_dir) / "results.csv").is_file() and report.is_file():
+            # a finished demo: say where it is rather than refuse
+            typer.echo(f"hexpress demo: already done in {out.resolve()} (--overwrite redoes it).")
+            typer.echo(f"Tables: {Path(cfg.out_dir).resolve() / 'results.md'}")
+            typer.echo(f"Open the report in a browser: file://{report.resolve()}")
+            return
         t0 = time.perf_counter()
 
         def step(msg: str) -> None:

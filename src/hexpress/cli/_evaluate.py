@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
 
 from hexpress import _keys as K
-from hexpress.errors import FormatError, InputFileError
+from hexpress.errors import FormatError, InputFileError, OutputExistsError
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,15 @@ def _read(path: Path, what: str):
         raise FormatError(f"{path}: cannot be read as AnnData .h5ad ({e}).") from e
 
 
-def _truth_image(truth):
-    """The truth's slide image, when its metadata names one that exists (for the maps)."""
+def _truth_image(truth, truth_path: Path):
+    """The truth's slide image, when its metadata names one that exists (for the maps); a
+    relative path is taken from the truth file's folder."""
     from hexpress.io.image import open_image
 
     uns = truth.uns.get(K.UNS, {})
     path, mpp = uns.get("image_path"), uns.get("mpp")
+    if path and not Path(path).is_absolute() and not Path(path).is_file():
+        path = str(truth_path.parent / path)
     if not path or mpp is None or not Path(path).is_file():
         return None
     try:
@@ -53,6 +57,32 @@ def _with_positions(pred, truth, unit_ids):
     if "mpp" not in sub.uns.get(K.UNS, {}) and "mpp" in truth.uns.get(K.UNS, {}):
         sub.uns[K.UNS] = {**dict(sub.uns.get(K.UNS, {})), "mpp": truth.uns[K.UNS]["mpp"]}
     return sub
+
+
+def method_name(uns, fallback: str) -> str:
+    """The method's display name from a prediction's ``uns["hexpress"]``: the model's registry
+    name and, when the checkpoint path is known, its run folder, e.g. ``pixnet (run demo)``."""
+    model = uns.get("model") or uns.get("method")
+    if isinstance(model, Mapping):
+        model = model.get("name")
+    if not model:
+        return fallback
+    ckpt = uns.get("checkpoint")
+    path = ckpt.get("path") if isinstance(ckpt, Mapping) else None
+    run = Path(path).parent.name if path else ""
+    return f"{model} (run {run})" if run and run not in (".", "") else str(model)
+
+
+def _check_out(out: Path | None, overwrite: bool) -> None:
+    if out is None or overwrite or not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file; give a folder for the report.")
+    if any(out.iterdir()):
+        raise OutputExistsError(
+            f"--out {out} already exists and is not empty; pass --overwrite to replace the "
+            "report in it, or choose a new folder."
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -92,12 +122,13 @@ def register(app: typer.Typer) -> None:
         from hexpress.eval.report import MethodResult, json_safe, markdown_table, results_table
         from hexpress.io.formats import read_sample
 
+        _check_out(out, overwrite)  # before any work
         p = _read(pred, "prediction")
         t = read_sample(truth, truth_format).adata if truth_format else _read(truth, "truth")
         p = match_by_position(t, p, name=str(pred))
         sets = load_gene_sets(gene_sets) if gene_sets else {}
         uns = p.uns.get(K.UNS, {})
-        name = method or str(uns.get("model") or uns.get("method") or pred.stem)
+        name = method or method_name(uns, pred.stem)
         section = str(uns.get("sample_id") or t.uns.get(K.UNS, {}).get("sample_id") or truth.stem)
         _, genes = check_match(t, p, strict=strict, name=str(pred))
         norm_truth, note = prepare_truth(t, p, genes=genes, name=str(truth))
@@ -144,11 +175,16 @@ def register(app: typer.Typer) -> None:
 
             use_agg()
             truth_units = norm_truth[a.unit_ids]
+            # a prediction written by `hexpress predict` has its dense map beside it
+            dense = pred.parent / "map.zarr"
             result = MethodResult(
-                name, [m], predictions={section: _with_positions(p, t, a.unit_ids)}
+                name,
+                [m],
+                predictions={section: _with_positions(p, t, a.unit_ids)},
+                maps={section: dense} if dense.exists() else {},
             )
             has_pos = K.SPATIAL in truth_units.obsm
-            image = _truth_image(t) if has_pos else None
+            image = _truth_image(t, truth) if has_pos else None
             written = write_report(
                 out,
                 [result],

@@ -6,17 +6,25 @@ import json
 
 import typer
 
+# tiny models registered for the test suite (the timm convention); hidden unless --all
+TEST_PREFIX = "test_"
+
 
 def register(app: typer.Typer) -> None:
     @app.command("models")
     def models(
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+        show_all: bool = typer.Option(
+            False, "--all", help="Also list the tiny test_* models and encoders of the test suite."
+        ),
     ) -> None:
         """List registered models and encoders, and which have pretrained weights here."""
         from hexpress.models import describe_model, encoder_info, list_encoders, list_models
 
-        model_rows = [describe_model(n) for n in list_models()]
-        encoder_rows = [encoder_info(n) for n in list_encoders()]
+        names = [n for n in list_models() if show_all or not n.startswith(TEST_PREFIX)]
+        model_rows = [describe_model(n) for n in names]
+        encoders = [n for n in list_encoders() if show_all or not n.startswith(TEST_PREFIX)]
+        encoder_rows = [encoder_info(n) for n in encoders]
         if as_json:
             for row in model_rows:
                 row["defaults"] = {
@@ -45,6 +53,12 @@ def register(app: typer.Typer) -> None:
             "\nEncoders without weights here take a local file: encoder_weights=PATH "
             "(safetensors or a tensors-only .pth); nothing is downloaded."
         )
+        hidden = len(list_models()) - len(names) + len(list_encoders()) - len(encoders)
+        if hidden:
+            typer.echo(
+                f"{hidden} tiny test_* model(s) and encoder(s) of the test suite not shown; "
+                "--all lists them."
+            )
 
 
 def _plain(v) -> bool:

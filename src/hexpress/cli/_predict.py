@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hexpress.errors import ConfigError
+from hexpress.errors import ConfigError, InputFileError
 
 __all__ = ["register", "predict"]
 
@@ -85,19 +85,35 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing results."),
 ) -> None:
     """Predict dense gene expression maps and per-unit AnnData files for slides."""
-    from hexpress.infer.pipeline import PredictOptions, predict_slides
+    from hexpress.cli._checks import check_checkpoint_path, check_names
+    from hexpress.infer.pipeline import PredictOptions, load_model_info, predict_slides
 
+    bins_um, discs = _floats(bins, "--bins"), _floats(discs_um, "--discs-um")
+    for s in slides:
+        if not s.exists():
+            raise InputFileError(f"slide {s} not found; give an image file (TIFF/SVS/JPEG/...).")
+    check_checkpoint_path(checkpoint)
+    keep, drawn = _names(genes), _names(preview)
+    # everything the run needs from the checkpoint is checked before any slide is read
+    info = load_model_info(checkpoint)
+    check_names(keep, info.genes, option="--genes")
+    check_names(drawn, info.genes, option="--preview")
+    if drawn and info.kind != "dense":
+        raise ConfigError(
+            f"--preview draws the dense map, and {checkpoint} is a {info.kind} model without "
+            "one; drop --preview, or predict units (--spots, --bins) and plot those."
+        )
     opts = PredictOptions(
         mpp=mpp,
-        bins_um=_floats(bins, "--bins"),
-        discs_um=_floats(discs_um, "--discs-um"),
+        bins_um=bins_um,
+        discs_um=discs,
         disc_pitch_um=disc_pitch_um,
         spots=str(spots) if spots else None,
         spot_diameter_um=spot_diameter_um,
         cells=str(cells) if cells else None,
         cells_alignment=str(cells_alignment) if cells_alignment else None,
-        genes=_names(genes) or None,
-        preview=_names(preview),
+        genes=keep or None,
+        preview=drawn,
         tile_px=tile_px,
         batch_size=batch_size,
         device=device,
@@ -106,7 +122,9 @@ def predict(
         overwrite=overwrite,
     )
     t0 = time.perf_counter()
-    summaries = predict_slides(slides, checkpoint, out, opts, workers=workers)
+    # one process reuses the model loaded above; worker processes load their own
+    model = info if workers <= 1 else checkpoint
+    summaries = predict_slides(slides, model, out, opts, workers=workers)
     for s in summaries:
         name = Path(s["slide"]).name if s["slide"] else "slide"
         units = ", ".join(f"{k}: {v}" for k, v in s["units"].items()) or "no units asked for"

@@ -128,6 +128,9 @@ def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE):
     return np.log1p(counts * factor[..., None]).astype(np.float32)
 
 
+_ZERO_TOTAL_WARNED: set[tuple[str, int, int]] = set()
+
+
 def normalize(
     adata: ad.AnnData, genes: Sequence[str] | None = None, *, scale: float = DEFAULT_SCALE
 ) -> ad.AnnData:
@@ -161,7 +164,12 @@ def normalize(
     counts = sp.csr_matrix(out.X, dtype=np.float32)
     zero = totals <= 0
     if zero.any():
-        log.warning(
+        # the same sample is normalised at every scale and fold: say it once per sample
+        key = (str(adata.uns.get(K.UNS, {}).get("sample_id", "")), int(zero.sum()), len(totals))
+        level = logging.DEBUG if key in _ZERO_TOTAL_WARNED else logging.WARNING
+        _ZERO_TOTAL_WARNED.add(key)
+        log.log(
+            level,
             "%d of %d unit(s) have total count 0; their normalised expression is set to 0",
             int(zero.sum()),
             len(totals),

@@ -493,7 +493,7 @@ def run_bench(
     all_sections: dict[str, list] = {m.name: [] for m in config.methods}
     fold_reports: dict[str, Path] = {}
     for fold in config.folds:
-        results, truths, images, fold_cfg, scored = [], {}, {}, {}, {}
+        results, truths, images, fold_cfg, scored, scale_truths = [], {}, {}, {}, {}, {}
         test_genes = None
         for method in config.methods:
             run_dir = out / "runs" / _slug(fold.name) / _slug(method.name)
@@ -508,7 +508,7 @@ def run_bench(
             ckpt, train_s, reused = _train_or_reuse(cfg)
             info = load_model_info(ckpt)
             tests = samples.test_samples(data_cfg)
-            sections, preds_shown, predict_s = [], {}, 0.0
+            sections, preds_shown, predict_s, dense_maps = [], {}, 0.0, {}
             for sid, sample in tests.items():
                 say(f"[{fold.name}] {method.name}: predicting {sid}")
                 pdir = out / "predictions" / _slug(fold.name) / _slug(method.name) / _slug(sid)
@@ -517,16 +517,18 @@ def run_bench(
                 pred = preds["spots"]
                 sections.append(evaluate_anndata(sample.adata, pred, section=sid))
                 preds_shown[sid] = pred
+                if (pdir / "map.zarr").exists():
+                    dense_maps[sid] = pdir / "map.zarr"
                 if sid not in truths:
                     truths[sid], _ = prepare_truth(sample.adata, pred, name=f"{sid} truth")
                     images[sid] = sample.image
                     scored[sid] = pred.obs_names
             result = MethodResult(
                 method.name, sections, train_time_s=train_s, predict_time_s=predict_s,
-                predictions=preds_shown, config=config_to_dict(cfg),
+                predictions=preds_shown, config=config_to_dict(cfg), maps=dense_maps,
             )  # fmt: skip
             if scale_samples:
-                result.cross_scale, secs = _cross_scale(
+                result.cross_scale, secs, result.scale_predictions, scale_truths = _cross_scale(
                     config, fold, method, info, scale_samples, out, say
                 )
                 result.predict_time_s = predict_s + secs
@@ -560,6 +562,7 @@ def run_bench(
             config={"benchmark": config.name, "fold": asdict(fold), "seed": config.seed,
                     "methods": fold_cfg},
             truths=truths, images=images, map_genes=config.report.map_genes or None,
+            scale_truths=scale_truths,
             gene_sets=gene_sets, aggregation=config.report.aggregation,
             notes=[f"Fold {fold.name}: trained on {', '.join(train_ids)}; tested on "
                    f"{', '.join(truths)}. Genes chosen on the training sections only.",
@@ -619,7 +622,8 @@ def _ceiling_note(ceiling, config: BenchConfig) -> str:
 
 
 def _cross_scale(config, fold, method, info, scale_samples, out, say):
-    """Predict every scale's units (one dense map per distinct slide) and tabulate."""
+    """Predict every scale's units (one dense map per distinct slide) and tabulate; returns
+    ``(table, seconds, {scale: predictions}, {scale: truths})``."""
     from hexpress.eval.crossscale import cross_scale_metrics, cross_scale_table
 
     groups: dict[str, list] = {}
@@ -640,7 +644,7 @@ def _cross_scale(config, fold, method, info, scale_samples, out, say):
             preds[n] = p[n]
             truths[n] = s.adata[p[n].obs_names]
     metrics = cross_scale_metrics(preds, truths)
-    return cross_scale_table(metrics, truths, method=method.name), secs
+    return cross_scale_table(metrics, truths, method=method.name), secs, preds, truths
 
 
 def _over_folds(table: pd.DataFrame, sections: dict[str, list]) -> pd.DataFrame:

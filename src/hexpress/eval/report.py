@@ -40,11 +40,15 @@ import numpy as np
 import pandas as pd
 
 from hexpress._files import write_file as _atomic_write
-from hexpress.errors import ConfigError, OutputExistsError
+from hexpress.errors import ConfigError, HexpressError, OutputExistsError
 from hexpress.eval.metrics import AGGREGATIONS, SectionMetrics, aggregate, count_column
 
 __all__ = [
+    "MapPanel",
     "MethodResult",
+    "ReportData",
+    "compute_report",
+    "render_report",
     "json_safe",
     "machine_info",
     "markdown_table",
@@ -69,6 +73,10 @@ class MethodResult:
         predictions: section id -> predicted units (normalised ``X``), drawn in the maps.
         cross_scale: rows of :func:`~hexpress.eval.crossscale.cross_scale_table` for this method.
         config: the method's resolved configuration (shown in the report).
+        maps: section id -> path of the dense map (``map.zarr``) predicted on it, drawn over
+            the H&E (dense models).
+        scale_predictions: cross-scale label -> predicted units (e.g. ``bin_8um``), drawn with
+            the report's ``scale_truths``.
     """
 
     method: str
@@ -78,6 +86,8 @@ class MethodResult:
     predictions: dict = field(default_factory=dict)
     cross_scale: pd.DataFrame | None = None
     config: dict = field(default_factory=dict)
+    maps: dict = field(default_factory=dict)
+    scale_predictions: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.sections:
@@ -204,8 +214,12 @@ def machine_info() -> dict[str, str]:
 
 # -- writing ------------------------------------------------------------------------------------
 def _png(fig) -> bytes:
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    # a constrained layout already fits everything in; "tight" would draw the figure twice
+    tight = not isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight" if tight else None)
     return buf.getvalue()
 
 
@@ -233,10 +247,221 @@ h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+details{margin:.6em 0}summary{cursor:pointer;color:#335}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444;margin-top:.3em}
 .meta{color:#555;font-size:.9em}.note{background:#fff8e0;padding:.4em .8em;border-left:3px solid #e0b000}
 """
+
+
+@dataclass
+class MapPanel:
+    """One method on one held-out section, as the report draws it.
+
+    Attributes:
+        section: section id.
+        method: method name.
+        genes: genes drawn.
+        truth: measured units (normalised) with positions.
+        pred: predicted units.
+        image: the slide, or ``None``.
+        dense_map: path of the method's ``map.zarr`` on this section (dense models), or ``None``.
+        scales: ``(scale name, truth, prediction)`` of square bins predicted on this slide.
+    """
+
+    section: str
+    method: str
+    genes: list[str]
+    truth: object
+    pred: object
+    image: object = None
+    dense_map: Path | None = None
+    scales: list[tuple[str, object, object]] = field(default_factory=list)
+
+
+@dataclass
+class ReportData:
+    """Everything a report shows, computed by :func:`compute_report`; :func:`render_report`
+    only formats and draws it."""
+
+    title: str
+    aggregation: str
+    threshold: float
+    results: list[MethodResult]
+    table: pd.DataFrame
+    sections_table: pd.DataFrame
+    sets_table: pd.DataFrame | None
+    cross_table: pd.DataFrame | None
+    morans: dict[str, pd.DataFrame]
+    morans_gene: pd.Series | None
+    pred_table: pd.DataFrame | None
+    per_gene: dict
+    gene_pccs: dict[str, pd.Series]
+    panels: list[MapPanel]
+    notes: list[str]
+    config_rows: list[tuple[str, str]]
+    machine: dict[str, str]
+
+    @property
+    def ceiling_rows(self) -> list[str]:
+        """Rows that are references rather than methods (named ``ceiling ...``)."""
+        return [m for m in self.table["method"].astype(str) if m.lower().startswith("ceiling")]
+
+
+def _check_results(results: Sequence[MethodResult], aggregation: str) -> list[MethodResult]:
+    results = list(results)
+    if not results:
+        raise ConfigError("write_report needs at least one method result.")
+    if aggregation not in AGGREGATIONS:
+        raise ConfigError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}.")
+    names = [r.method for r in results]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method names must be unique in a report, got {names}.")
+    return results
+
+
+def compute_report(
+    results: Sequence[MethodResult],
+    *,
+    title: str = "hexpress evaluation",
+    config: Mapping | None = None,
+    truths: Mapping | None = None,
+    images: Mapping | None = None,
+    map_genes: Sequence[str] | None = None,
+    map_sections: Sequence[str] | None = None,
+    gene_sets: Mapping[str, Sequence[str]] | None = None,
+    morans: Mapping[str, pd.DataFrame] | None = None,
+    scale_truths: Mapping | None = None,
+    aggregation: str = "mean",
+    notes: Sequence[str] = (),
+) -> ReportData:
+    """The numbers of a report: tables, Moran's I, predictability, per-gene values and what the
+    maps show. Arguments as in :func:`write_report`; nothing is written."""
+    from hexpress.eval.genesets import evaluate_gene_sets
+    from hexpress.eval.spatial import predictability, spatial_autocorrelation
+
+    results = _check_results(results, aggregation)
+    truths = dict(truths or {})
+    threshold = results[0].sections[0].threshold
+    table = results_table(results, aggregation)
+    sections_table = pd.DataFrame(
+        [{"method": r.method, "section": s.section, **s.summary()}
+         for r in results for s in r.sections]
+    )  # fmt: skip
+    sets_table = None
+    if gene_sets:
+        parts = []
+        for r in results:
+            per = pd.concat(
+                [evaluate_gene_sets(s, gene_sets, threshold=threshold) for s in r.sections]
+            )
+            g = per.groupby("gene_set", sort=False).mean(numeric_only=True).reset_index()
+            g.insert(0, "method", r.method)
+            parts.append(g)
+        sets_table = pd.concat(parts, ignore_index=True)
+    cross = [r.cross_scale for r in results if r.cross_scale is not None and len(r.cross_scale)]
+    cross_table = pd.concat(cross, ignore_index=True) if cross else None
+
+    # Moran's I of the measured expression, per section, over the evaluated genes
+    genes = results[0].genes
+    morans = dict(morans or {})
+    if not morans:
+        for sec, truth in truths.items():
+            if "spatial" in truth.obsm and truth.n_obs > 7:
+                keep = [g for g in genes if g in truth.var_names]
+                morans[sec] = spatial_autocorrelation(truth, genes=keep)
+    gene_pccs = {r.method: r.gene_pcc() for r in results}
+    morans_gene = pred_table = None
+    if morans:
+        mtab = pd.concat([m[["I"]].rename(columns={"I": sec}) for sec, m in morans.items()], axis=1)
+        morans_gene = mtab.mean(axis=1, skipna=True)
+        pred_rows = []
+        for r in results:
+            p = predictability(gene_pccs[r.method], morans_gene, r.gene_abundance()).reset_index()
+            p.insert(0, "method", r.method)
+            pred_rows.append(p)
+        pred_table = pd.concat(pred_rows, ignore_index=True)
+    per_gene = {
+        "threshold": threshold,
+        "aggregation": aggregation,
+        "methods": {
+            r.method: {
+                "sections": {s.section: s.per_gene() for s in r.sections},
+                "gene_mean_pcc": gene_pccs[r.method].to_dict(),
+            }
+            for r in results
+        },
+        "morans_i": {sec: m["I"].to_dict() for sec, m in morans.items()},
+    }
+    cfg_rows = _flatten(config or {})
+    for r in results:
+        cfg_rows += _flatten(r.config, f"{r.method}.")
+    panels = _map_panels(
+        results, truths, dict(images or {}), map_genes, map_sections, dict(scale_truths or {})
+    )
+    return ReportData(
+        title=title, aggregation=aggregation, threshold=threshold, results=results, table=table,
+        sections_table=sections_table, sets_table=sets_table, cross_table=cross_table,
+        morans=morans, morans_gene=morans_gene, pred_table=pred_table, per_gene=per_gene,
+        gene_pccs=gene_pccs, panels=panels, notes=list(notes), config_rows=cfg_rows,
+        machine=machine_info(),
+    )  # fmt: skip
+
+
+def _map_panels(results, truths, images, map_genes, map_sections, scale_truths) -> list[MapPanel]:
+    """Every method on every held-out section with a truth (or only ``map_sections``)."""
+    from hexpress.eval.matching import prepare_truth
+
+    candidates = [sec for sec in truths if any(sec in r.predictions for r in results)]
+    sections = list(map_sections) if map_sections is not None else candidates
+    first = results[0].gene_pcc().dropna().sort_values(ascending=False)
+    panels = []
+    for sec in sections:
+        if sec not in truths:
+            log.warning("no truth for section %s: no map", sec)
+            continue
+        truth = truths[sec]
+        preds = {r.method: r.predictions[sec] for r in results if sec in r.predictions}
+        if not preds:
+            log.warning("no prediction for section %s: no map", sec)
+            continue
+        # one gene list for every method, so that their maps compare
+        genes = list(map_genes) if map_genes else [g for g in first.index if g in truth.var_names]
+        genes = [
+            g for g in genes
+            if g in truth.var_names and all(g in p.var_names for p in preds.values())
+        ][:3]  # fmt: skip
+        if not genes:
+            log.warning("section %s: none of the map genes is in the truth and every prediction",
+                        sec)  # fmt: skip
+            continue
+        for r in results:
+            if sec not in r.predictions:
+                continue
+            dense = r.maps.get(sec)
+            dense = Path(dense) if dense is not None and Path(dense).exists() else None
+            scales = []
+            for name, spred in r.scale_predictions.items():
+                st = scale_truths.get(name)
+                if st is None or not _square_bins(spred, min_um=8.0):
+                    continue
+                if not all(g in spred.var_names and g in st.var_names for g in genes):
+                    continue
+                st = st[spred.obs_names.intersection(st.obs_names)]
+                st, _ = prepare_truth(st, spred, genes=genes, name=f"{name} truth")
+                scales.append((name, st, spred))
+            panels.append(MapPanel(sec, r.method, genes, truth, r.predictions[sec],
+                                   images.get(sec), dense, scales))  # fmt: skip
+    return panels
+
+
+def _square_bins(adata, *, min_um: float) -> bool:
+    from hexpress import _keys as K
+
+    if K.GEOMETRY not in adata.obs or K.SIZE_UM not in adata.obs or K.SPATIAL not in adata.obsm:
+        return False
+    geo = adata.obs[K.GEOMETRY].astype(str)
+    return bool((geo == K.SQUARE).all() and (adata.obs[K.SIZE_UM] >= min_um).all())
 
 
 def write_report(
@@ -251,11 +476,13 @@ def write_report(
     map_sections: Sequence[str] | None = None,
     gene_sets: Mapping[str, Sequence[str]] | None = None,
     morans: Mapping[str, pd.DataFrame] | None = None,
+    scale_truths: Mapping | None = None,
     aggregation: str = "mean",
     notes: Sequence[str] = (),
     overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Write the tables, per-gene JSON, figures and HTML report of a run.
+    """Write the tables, per-gene JSON, figures and HTML report of a run
+    (:func:`compute_report`, then :func:`render_report`).
 
     Args:
         out_dir: output folder (created).
@@ -266,10 +493,12 @@ def write_report(
             ``obsm["spatial"]``: used for the maps and, unless ``morans`` is given, Moran's I.
         images: section id -> slide image (:class:`~hexpress.io.image.SlideImage`) under the maps.
         map_genes: genes to map (default the 3 with the highest PCC of the first method).
-        map_sections: sections to map (default the first section with a truth and a prediction).
+        map_sections: sections to map (default every section with a truth and a prediction).
         gene_sets: set name -> genes, summarised per method (see
             :func:`~hexpress.eval.genesets.evaluate_gene_sets`).
         morans: section id -> Moran's I table (:func:`~hexpress.eval.spatial.morans_i`).
+        scale_truths: cross-scale label -> measured units (raw counts or normalised) matching
+            :attr:`MethodResult.scale_predictions`; square bins of 8 µm and more are mapped.
         aggregation: how sections combine in ``results.csv`` (see
             :func:`~hexpress.eval.metrics.aggregate`).
         notes: lines shown at the top of the report (e.g. how the truth was normalised).
@@ -278,255 +507,280 @@ def write_report(
     Returns:
         Name -> path of every file written.
     """
-    from hexpress.eval.figures import plot_cross_scale, plot_pcc_distribution, plot_pcc_vs_morans
-    from hexpress.eval.genesets import evaluate_gene_sets
-    from hexpress.eval.spatial import predictability, spatial_autocorrelation
-
-    results = list(results)
-    if not results:
-        raise ConfigError("write_report needs at least one method result.")
-    if aggregation not in AGGREGATIONS:
-        raise ConfigError(f"unknown aggregation {aggregation!r}; valid: {', '.join(AGGREGATIONS)}.")
-    names = [r.method for r in results]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"method names must be unique in a report, got {names}.")
     out = Path(out_dir)
-    if (out / "report.html").exists() and not overwrite:
+    if (out / "report.html").exists() and not overwrite:  # before any work
         raise OutputExistsError(
-            f"{out} already holds a report (report.html); choose another folder or overwrite."
+            f"{out} already holds a report (report.html); choose another folder or pass "
+            "--overwrite (overwrite=True)."
         )
+    data = compute_report(
+        results, title=title, config=config, truths=truths, images=images,
+        map_genes=map_genes, map_sections=map_sections, gene_sets=gene_sets, morans=morans,
+        scale_truths=scale_truths, aggregation=aggregation, notes=notes,
+    )  # fmt: skip
+    return render_report(data, out)
+
+
+def render_report(data: ReportData, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``data`` (:func:`compute_report`) as tables, per-gene JSON, figures and the HTML
+    page into ``out_dir``; returns name -> path of every file written."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    truths = dict(truths or {})
-    images = dict(images or {})
-    threshold = results[0].sections[0].threshold
 
-    def put(name: str, data: bytes | str) -> Path:
+    def put(name: str, payload: bytes | str) -> Path:
         path = out / name
-        _atomic_write(path, data)
+        _atomic_write(path, payload)
         written[name] = path
         return path
 
-    # tables
-    table = results_table(results, aggregation)
-    put("results.csv", table.to_csv(index=False))
-    put("results.md", f"# {title}\n\n" + markdown_table(table))
-    section_rows = []
-    for r in results:
-        for s in r.sections:
-            section_rows.append({"method": r.method, "section": s.section, **s.summary()})
-    sections_table = pd.DataFrame(section_rows)
-    put("sections.csv", sections_table.to_csv(index=False))
-
-    sets_table = None
-    if gene_sets:
-        parts = []
-        for r in results:
-            per = pd.concat(
-                [evaluate_gene_sets(s, gene_sets, threshold=threshold) for s in r.sections]
-            )
-            g = per.groupby("gene_set", sort=False).mean(numeric_only=True).reset_index()
-            g.insert(0, "method", r.method)
-            parts.append(g)
-        sets_table = pd.concat(parts, ignore_index=True)
-        put("gene_sets.csv", sets_table.to_csv(index=False))
-
-    cross = [r.cross_scale for r in results if r.cross_scale is not None and len(r.cross_scale)]
-    cross_table = pd.concat(cross, ignore_index=True) if cross else None
-    if cross_table is not None:
-        put("cross_scale.csv", cross_table.to_csv(index=False))
-
-    # Moran's I of the measured expression, per section, over the evaluated genes
-    genes = results[0].genes
-    morans = dict(morans or {})
-    if not morans:
-        for sec, truth in truths.items():
-            if "spatial" in truth.obsm and truth.n_obs > 7:
-                keep = [g for g in genes if g in truth.var_names]
-                morans[sec] = spatial_autocorrelation(truth, genes=keep)
-    morans_gene = None
-    pred_table = None
-    if morans:
-        mtab = pd.concat([m[["I"]].rename(columns={"I": sec}) for sec, m in morans.items()], axis=1)
+    put("results.csv", data.table.to_csv(index=False))
+    put("results.md", f"# {data.title}\n\n" + markdown_table(data.table))
+    put("sections.csv", data.sections_table.to_csv(index=False))
+    if data.sets_table is not None:
+        put("gene_sets.csv", data.sets_table.to_csv(index=False))
+    if data.cross_table is not None:
+        put("cross_scale.csv", data.cross_table.to_csv(index=False))
+    if data.morans:
+        mtab = pd.concat(
+            [m[["I"]].rename(columns={"I": sec}) for sec, m in data.morans.items()], axis=1
+        )
         put("morans_i.csv", mtab.to_csv(index_label="gene"))
-        morans_gene = mtab.mean(axis=1, skipna=True)
-        pred_rows = []
-        for r in results:
-            p = predictability(r.gene_pcc(), morans_gene, r.gene_abundance()).reset_index()
-            p.insert(0, "method", r.method)
-            pred_rows.append(p)
-        pred_table = pd.concat(pred_rows, ignore_index=True)
-        put("predictability.csv", pred_table.to_csv(index=False))
+    if data.pred_table is not None:
+        put("predictability.csv", data.pred_table.to_csv(index=False))
+    put("per_gene.json", json.dumps(json_safe(data.per_gene), indent=1, allow_nan=False))
 
-    per_gene = {
-        "threshold": threshold,
-        "aggregation": aggregation,
-        "methods": {
-            r.method: {
-                "sections": {s.section: s.per_gene() for s in r.sections},
-                "gene_mean_pcc": r.gene_pcc().to_dict(),
-            }
-            for r in results
-        },
-        "morans_i": {sec: m["I"].to_dict() for sec, m in morans.items()},
-    }
-    put("per_gene.json", json.dumps(json_safe(per_gene), indent=1, allow_nan=False))
+    figures: list[tuple[str, str, str, bytes]] = []  # group, file, caption, png
 
-    # figures
-    figures: list[tuple[str, str, bytes]] = []  # file, caption, png
-
-    def add_figure(name: str, fig, caption: str) -> None:
+    def add_figure(group: str, name: str, fig, caption: str) -> None:
         png = _png(fig)
         put(f"figures/{name}", png)
-        figures.append((f"figures/{name}", caption, png))
+        figures.append((group, f"figures/{name}", caption, png))
 
-    gene_pccs = {r.method: r.gene_pcc() for r in results}
-    fig = _new_figure(max(5.0, 1.5 * len(results) + 2.5), 4.0)
+    _summary_figures(data, add_figure)
+    _map_figures(data, add_figure)
+    put("report.html", _html(data, figures, written))
+    log.info("wrote the report to %s", out / "report.html")
+    return written
+
+
+def _summary_figures(data: ReportData, add_figure) -> None:
+    from hexpress.eval.figures import plot_cross_scale, plot_pcc_distribution, plot_pcc_vs_morans
+
+    threshold, gene_pccs = data.threshold, data.gene_pccs
+    fig = _new_figure(max(5.0, 1.5 * len(gene_pccs) + 2.5), 4.0)
     plot_pcc_distribution(
-        {m: g.to_numpy() for m, g in gene_pccs.items()},
-        threshold=threshold,
+        {m: g.to_numpy() for m, g in gene_pccs.items()}, threshold=threshold,
         ax=fig.add_subplot(),
-    )
+    )  # fmt: skip
     add_figure(
-        "pcc_distribution.png",
-        fig,
+        "Summary", "pcc_distribution.png", fig,
         "Per-gene Pearson correlation between predicted and measured expression (averaged over "
         f"held-out sections; undefined PCCs left out). Dashed line: PCC = {threshold:.2f}.",
-    )
+    )  # fmt: skip
     # a method whose every PCC is undefined (a constant prediction) has nothing to scatter
     left_out = [m for m, g in gene_pccs.items() if not np.isfinite(g.to_numpy()).any()]
-    scattered = [r for r in results if r.method not in left_out]
-    if morans_gene is not None and scattered:
+    scattered = [m for m in gene_pccs if m not in left_out]
+    if data.morans_gene is not None and scattered:
         n = len(scattered)
         cols = min(n, 3)
         rows = math.ceil(n / cols)
         fig = _new_figure(5.0 * cols, 4.2 * rows)
         axes = fig.subplots(rows, cols, squeeze=False).ravel()
-        for ax, r in zip(axes, scattered, strict=False):
-            plot_pcc_vs_morans(gene_pccs[r.method], morans_gene, ax=ax, label=r.method)
+        for ax, m in zip(axes, scattered, strict=False):
+            plot_pcc_vs_morans(gene_pccs[m], data.morans_gene, ax=ax, label=m)
         for ax in axes[n:]:
             ax.set_visible(False)
         fig.tight_layout()
         add_figure(
-            "pcc_vs_morans.png",
-            fig,
+            "Summary", "pcc_vs_morans.png", fig,
             "Per-gene PCC against the Moran's I (k = 6 nearest neighbours) of the measured "
             "expression; Spearman's rho in each title. Spatially organised genes are easier "
             "to predict from histology when rho > 0."
             + (f" Not shown, every PCC undefined: {', '.join(left_out)}." if left_out else ""),
-        )
-    if cross_table is not None:
+        )  # fmt: skip
+    if data.cross_table is not None:
         fig = _new_figure(6.5, 4.2)
-        plot_cross_scale(cross_table, ax=fig.add_subplot())
+        plot_cross_scale(data.cross_table, ax=fig.add_subplot())
         add_figure(
-            "cross_scale.png",
-            fig,
+            "Summary", "cross_scale.png", fig,
             "PCC@M against the unit size the predictions were evaluated at (log scale), one "
             "line per method.",
-        )
-    maps_done = _maps(results, truths, images, map_genes, map_sections, add_figure, _new_figure)
+        )  # fmt: skip
 
-    # HTML
-    info = machine_info()
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _map_figures(data: ReportData, add_figure) -> None:
+    from hexpress import _keys as K
+    from hexpress.pl.maps import normalization_label, plot_dense_map, plot_truth_vs_prediction
+
+    for p in data.panels:
+        group = f"Section {p.section}: {p.method}"
+        stem = f"{_safe(p.section)}_{_safe(p.method)}"
+        label = normalization_label(p.truth.uns.get(K.UNS, {}).get(K.NORMALIZATION))
+        if p.dense_map is not None:
+            from hexpress.infer.dense_map import open_dense_map
+
+            try:
+                dm = open_dense_map(p.dense_map)
+            except HexpressError as e:
+                log.warning("cannot open the dense map %s (%s): not drawn", p.dense_map, e)
+            else:
+                fig = plot_dense_map(dm, p.genes, image=p.image, title=p.method,
+                                     fig=_new_figure())  # fmt: skip
+                add_figure(
+                    group, f"dense_{stem}.png", fig,
+                    f"Section {p.section}, {p.method}: the predicted dense map of "
+                    f"{', '.join(p.genes)} over the H&E, cropped to the tissue (glass outside "
+                    f"the tissue mask left clear), shown in blocks of at least 16 µm (the map "
+                    f"itself has {dm.map_mpp:g} µm cells); values {label}, colour scale per gene from its 1st to "
+                    "99th percentile.",
+                )  # fmt: skip
+        fig = plot_truth_vs_prediction(p.truth, p.pred, p.genes, image=p.image, method=p.method,
+                                       fig=_new_figure())  # fmt: skip
+        add_figure(
+            group, f"maps_{stem}.png", fig,
+            f"Section {p.section}, {p.method}, at the measured units: measured expression; the "
+            "prediction on the same colour scale (do the levels agree?); the prediction on its "
+            "own 1st–99th percentile scale (is the pattern right, whatever its range?); and "
+            f"measured against predicted per unit, dashed line y = x. Values {label}.",
+        )  # fmt: skip
+        for name, st, spred in p.scales:
+            win_st, win_pred, side_um = _bin_window(st, spred)
+            fig = plot_truth_vs_prediction(win_st, win_pred, p.genes, image=p.image,
+                                           method=p.method, fig=_new_figure())  # fmt: skip
+            add_figure(
+                group, f"bins_{_safe(name)}_{stem}.png", fig,
+                f"{name}, {p.method}: the {win_pred.n_obs} predicted bins (of {spred.n_obs}) in a "
+                f"{_BIN_WINDOW * side_um:g} µm window at the centre of the section, drawn as an "
+                "image on their grid (empty where no bin was predicted: the bins are a random "
+                f"subsample). Panels as above; values {label}.",
+            )  # fmt: skip
+
+
+_BIN_WINDOW = 40  # bins along each side of the window the bin maps show
+
+
+def _bin_window(truth, pred):
+    """The units of ``truth`` and ``pred`` inside a square of :data:`_BIN_WINDOW` bins around
+    the predicted bins' median position, so that single bins are visible; and the bin side."""
+    from hexpress import _keys as K
+
+    side_um = float(pred.obs[K.SIZE_UM].iloc[0])
+    mpp = float(pred.uns.get(K.UNS, {}).get("mpp") or truth.uns.get(K.UNS, {}).get("mpp") or 0)
+    if not mpp:
+        return truth, pred, side_um
+    half = _BIN_WINDOW * side_um / mpp / 2
+    centre = np.median(np.asarray(pred.obsm[K.SPATIAL])[:, :2], axis=0)
+
+    def inside(a):
+        d = np.abs(np.asarray(a.obsm[K.SPATIAL])[:, :2] - centre)
+        return a[(d <= half).all(axis=1)]
+
+    win_pred = inside(pred)
+    return (truth, pred, side_um) if win_pred.n_obs < 2 else (inside(truth), win_pred, side_um)
+
+
+_HOW_TO_READ = (
+    "<p><b>How to read this.</b> Every number compares predicted with measured expression of "
+    "the same units (spots, bins or cells), both in the normalised space of training, "
+    "{label}: MSE and MAE are errors in that log space, not in counts. PCC is the Pearson "
+    "correlation of one gene over the units of a section; PCC@F / PCC@S / PCC@M are the first "
+    "quartile, median and mean over genes. A gene constant in the truth has no PCC and is "
+    "counted in n_undefined instead. At fine scales (8 and 2 µm bins) a random subsample of "
+    "the bins is scored (n_units says how many), so the bin maps show those bins only. {ceiling}"
+    "</p>"
+)
+_CEILING = (
+    "The row{s} {names} {are} not a method but a reference: each unit predicted from the "
+    "measured expression of its neighbours in the same section (itself left out). It says "
+    "how much spatially smooth signal the data hold; read a method's PCC@M as a fraction of "
+    "it. "
+)
+
+
+def _html(data: ReportData, figures, written: dict[str, Path]) -> str:
+    from hexpress import _keys as K
+    from hexpress.pl.maps import normalization_label
+
+    esc = html.escape
+    norm = None
+    for p in data.panels:
+        norm = p.truth.uns.get(K.UNS, {}).get(K.NORMALIZATION)
+        break
+    label = normalization_label(norm) if norm else "log1p(counts / total × scale)"
+    ceiling = data.ceiling_rows
+    ceiling_text = (
+        _CEILING.format(
+            s="s" if len(ceiling) > 1 else "",
+            are="are" if len(ceiling) > 1 else "is",
+            names=", ".join(f"“{c}”" for c in ceiling),
+        )  # fmt: skip
+        if ceiling
+        else ""
+    )
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
+        f"<title>{esc(data.title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{esc(data.title)}</h1>",
         "<p class='meta'>"
-        + " · ".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in info.items())
+        + " · ".join(f"{esc(k)}: {esc(str(v))}" for k, v in data.machine.items())
         + "</p>",
     ]
-    for note in notes:
-        parts.append(f"<p class='note'>{html.escape(note)}</p>")
+    parts += [f"<p class='note'>{esc(n)}</p>" for n in data.notes]
+    parts.append(_HOW_TO_READ.format(label=esc(label), ceiling=esc(ceiling_text)))
     parts.append("<h2>Results</h2>")
     parts.append(
-        f"<p>One row per method; sections combined by <b>{html.escape(aggregation)}</b>. "
-        f"PCC@F / PCC@S / PCC@M: first quartile / median / mean of per-gene Pearson correlations; "
-        f"{html.escape(count_column(threshold))}: genes with PCC ≥ {threshold:.2f}; n_undefined: "
-        "genes constant in truth or prediction, whose PCC is undefined and left out. Times in "
-        "seconds.</p>"
+        f"<p>One row per method; sections combined by <b>{esc(data.aggregation)}</b>. "
+        f"{esc(count_column(data.threshold))}: genes with PCC ≥ {data.threshold:.2f}. "
+        "Times in seconds.</p>"
     )
-    parts.append(_html_table(table))
-    if len(sections_table) > len(results):
-        parts.append("<h2>Per section</h2>" + _html_table(sections_table))
-    if sets_table is not None:
+    parts.append(_html_table(data.table))
+    if len(data.sections_table) > len(data.results):
+        parts.append("<h2>Per section</h2>" + _html_table(data.sections_table))
+    if data.sets_table is not None:
         parts.append(
             "<h2>Gene sets</h2><p>PCC summaries within each gene set (mean over sections).</p>"
         )
-        parts.append(_html_table(sets_table))
-    if pred_table is not None:
+        parts.append(_html_table(data.sets_table))
+    if data.pred_table is not None:
         parts.append(
             "<h2>Predictability</h2><p>Spearman correlation of per-gene PCC with the Moran's I "
-            "of the measured expression and with mean abundance.</p>" + _html_table(pred_table)
+            "of the measured expression and with mean abundance.</p>" + _html_table(data.pred_table)
         )
-    if cross_table is not None:
-        parts.append("<h2>Cross-scale</h2>" + _html_table(cross_table))
-    parts.append("<h2>Figures</h2>")
-    for i, (rel, caption, png) in enumerate(figures, start=1):
-        data = base64.b64encode(png).decode("ascii")
+    if data.cross_table is not None:
+        parts.append("<h2>Cross-scale</h2>" + _html_table(data.cross_table))
+    group = None
+    for i, (g, rel, caption, png) in enumerate(figures, start=1):
+        if g != group:
+            heading = g if g != "Summary" else "Figures"
+            anchor = "".join(c if c.isalnum() else "-" for c in heading.lower())
+            parts.append(f"<h2 id='{esc(anchor)}'>{esc(heading)}</h2>")
+            group = g
+        b64 = base64.b64encode(png).decode("ascii")
         parts.append(
-            f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(rel)}'>"
-            f"<figcaption>Figure {i}. {html.escape(caption)} "
-            f"(<a href='{html.escape(rel)}'>{html.escape(rel)}</a>)</figcaption></figure>"
+            f"<figure><img src='data:image/png;base64,{b64}' alt='{esc(rel)}'>"
+            f"<figcaption>Figure {i}. {esc(caption)} "
+            f"(<a href='{esc(rel)}'>{esc(rel)}</a>)</figcaption></figure>"
         )
-    if not maps_done:
+    if not data.panels:
         parts.append(
             "<p class='meta'>No expression maps: no section had both a truth with positions and "
             "a prediction.</p>"
         )
-    cfg_rows = _flatten(config or {})
-    for r in results:
-        cfg_rows += _flatten(r.config, f"{r.method}.")
-    if cfg_rows:
+    if data.config_rows:
         parts.append(
-            "<h2>Configuration</h2>" + _html_table(pd.DataFrame(cfg_rows, columns=["key", "value"]))
+            f"<h2>Configuration</h2><details><summary>{len(data.config_rows)} settings (click to "
+            "show)</summary>"
+            + _html_table(pd.DataFrame(data.config_rows, columns=["key", "value"]))
+            + "</details>"
         )
     parts.append("<h2>Files</h2><ul>")
     for name in sorted([*written, "report.html"]):
         if not name.startswith("figures/"):
-            parts.append(f"<li><a href='{html.escape(name)}'>{html.escape(name)}</a></li>")
+            parts.append(f"<li><a href='{esc(name)}'>{esc(name)}</a></li>")
     parts.append("</ul></body></html>")
-    put("report.html", "\n".join(parts))
-    log.info("wrote the report to %s", out / "report.html")
-    return written
-
-
-def _maps(results, truths, images, map_genes, map_sections, add_figure, new_figure) -> bool:
-    from hexpress.pl.maps import plot_truth_vs_prediction
-
-    candidates = [sec for sec in truths if any(sec in r.predictions for r in results)]
-    sections = list(map_sections) if map_sections is not None else candidates[:1]
-    done = False
-    for sec in sections:
-        if sec not in truths:
-            log.warning("no truth for section %s: no map", sec)
-            continue
-        preds = {r.method: r.predictions[sec] for r in results if sec in r.predictions}
-        if not preds:
-            log.warning("no prediction for section %s: no map", sec)
-            continue
-        truth = truths[sec]
-        genes = list(map_genes) if map_genes else None
-        if genes is None:
-            pcc = results[0].gene_pcc().dropna().sort_values(ascending=False)
-            genes = [g for g in pcc.index if g in truth.var_names][:3]
-        genes = [
-            g
-            for g in genes
-            if g in truth.var_names and all(g in p.var_names for p in preds.values())
-        ]
-        if not genes:
-            log.warning(
-                "section %s: none of the map genes is in the truth and every prediction", sec
-            )
-            continue
-        fig = plot_truth_vs_prediction(truth, preds, genes, image=images.get(sec), fig=new_figure())
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(sec))
-        add_figure(
-            f"maps_{safe}.png",
-            fig,
-            f"Section {sec}: measured (left) and predicted expression of {', '.join(genes)} over "
-            "the H&E; one colour scale per gene (row), shared by its panels.",
-        )
-        done = True
-    return done
+    return "\n".join(parts)

@@ -28,9 +28,18 @@ def _gene_values(vals: np.ndarray, idx: list[int], mode: str, scale: float) -> n
 
 
 def map_thumbnail(
-    dm: DenseMap, genes: Sequence[str], *, max_side: int = 1024, tissue_only: bool = True
+    dm: DenseMap,
+    genes: Sequence[str],
+    *,
+    max_side: int = 1024,
+    tissue_only: bool = True,
+    block_um: float | None = None,
 ) -> tuple[np.ndarray, int]:
     """Per-gene map averaged down so its longer side is at most ``max_side``.
+
+    A density map (``mode="density"``) is averaged as densities, gene and total channels
+    alike, and normalised afterwards, so that each value is the expression of its block as a
+    unit of that size would measure it; a per-cell ratio of tiny densities would be noise.
 
     Args:
         dm: a complete map.
@@ -38,6 +47,7 @@ def map_thumbnail(
         max_side: longest side of the result, in cells.
         tissue_only: NaN where the map's tissue mask has no tissue. Tiles are predicted whole, so
             the glass around tissue inside a tile has values too; a preview hides them.
+        block_um: average at least this many µm along each side (e.g. 16, a Visium HD bin).
 
     Returns:
         ``(values, factor)``: ``(h, w, len(genes))`` float32 (NaN where nothing was predicted)
@@ -53,16 +63,20 @@ def map_thumbnail(
     idx = [names.index(g) for g in genes]
     H, W, _ = dm.shape
     k = max(1, math.ceil(max(H, W) / max_side))
+    if block_um:
+        k = max(k, round(block_um / dm.map_mpp))
+    density = dm.mode == "density"
+    sel = [*idx, dm.shape[2] - 1] if density else idx  # densities: the total channel too
     h, w = math.ceil(H / k), math.ceil(W / k)
     out = np.full((h, w, len(idx)), np.nan, dtype=np.float32)
     band = max(k, (dm.chunks[0] // k) * k)
     scale = float(dm.normalization.get("scale", 1.0) or 1.0)
     for y0 in range(0, H, band):
         vals, _ = dm.read(y0, y0 + band, 0, w * k)
-        g = _gene_values(vals, idx, dm.mode, scale)
-        g = g.reshape(band // k, k, w, k, len(idx))
+        g = vals[..., sel].reshape(band // k, k, w, k, len(sel))
         with np.errstate(invalid="ignore"), _quiet():
             mean = np.nanmean(g, axis=(1, 3))
+        mean = _gene_values(mean, list(range(len(idx))), dm.mode, scale)
         r0 = y0 // k
         out[r0 : r0 + mean.shape[0]] = mean[: h - r0]
     if tissue_only:
@@ -87,14 +101,6 @@ class _quiet:
         return self._ctx.__exit__(*exc)
 
 
-def _nice_length(um: float) -> float:
-    exp = 10 ** math.floor(math.log10(um))
-    for m in (5, 2, 1):
-        if m * exp <= um:
-            return m * exp
-    return exp
-
-
 def write_previews(
     dm: DenseMap,
     slide: SlideImage,
@@ -115,6 +121,8 @@ def write_previews(
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    from hexpress.pl.maps import add_scale_bar, normalization_label
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     values, k = map_thumbnail(dm, genes, max_side=max_side)
@@ -132,14 +140,11 @@ def write_previews(
                        interpolation="nearest")  # fmt: skip
         ax.set_xlim(0, w_um)
         ax.set_ylim(h_um, 0)
-        bar_um = _nice_length(w_um / 5)
-        x0, y0 = w_um * 0.05, h_um * 0.95
-        ax.plot([x0, x0 + bar_um], [y0, y0], color="black", lw=3)
-        label = f"{bar_um / 1000:g} mm" if bar_um >= 1000 else f"{bar_um:g} µm"
-        ax.text(x0, y0 - h_um * 0.015, label, color="black", fontsize=9)
+        add_scale_bar(ax, 1.0, fraction=0.2)  # the axes are in µm: 1 µm per unit
         ax.set_title(gene)
         ax.set_axis_off()
-        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="predicted (normalised)")
+        label = "predicted " + normalization_label(dm.normalization)
+        fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label=label)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in gene)
         path = out_dir / f"preview_{safe}.png"
         write_figure(path, fig, bbox_inches="tight")

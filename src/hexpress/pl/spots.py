@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 
-from hexpress import _keys as K
 from hexpress.errors import ConfigError, UnitsError
 
 __all__ = ["plot_spots"]
@@ -45,21 +44,22 @@ def plot_spots(
     alpha: float = 0.6,
     edgecolor: str | None = "black",
     linewidth: float = 0.3,
-    facecolor: str = "none",
     title: str | None = None,
     colorbar: bool = True,
 ):
     """Draw every unit over a thumbnail of the sample's image, at its true physical size.
 
-    Discs get a diameter and squares a side of ``size_um / mpp`` level-0 pixels, scaled to the
-    thumbnail; polygons without a size are drawn as points. Useful to check alignment by eye.
+    Discs get a diameter and squares a side of ``size_um / mpp`` level-0 pixels (coloured
+    square bins are rasterised on their grid); polygons without a size are drawn as points.
+    Useful to check alignment by eye. Drawn by :func:`hexpress.pl.maps.draw_units`, in level-0
+    pixel coordinates.
 
     Args:
         sample: a :class:`~hexpress.data.Sample` with an image.
         ax: matplotlib axes; default a new figure.
         color: ``None`` (outlines only), a gene name, an ``obs`` column, or ``(n_units,)`` values.
         max_side: longest side of the thumbnail in pixels.
-        cmap, alpha, edgecolor, linewidth, facecolor: drawing style.
+        cmap, alpha, edgecolor, linewidth: drawing style.
         title: default ``"<sample_id> (<technology>, n units)"``.
         colorbar: add a colour bar for numeric ``color``.
 
@@ -67,58 +67,44 @@ def plot_spots(
         The axes.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Circle, Rectangle
+    from matplotlib.colors import Normalize
+
+    from hexpress.pl.maps import add_scale_bar, draw_units
 
     if sample.image is None:
         raise UnitsError(f"Sample {sample.sample_id} has no image to draw units on.")
     img, scale = sample.image.thumbnail(max_side)
+    h, w = img.shape[:2]
     if ax is None:
-        h, w = img.shape[:2]
         _, ax = plt.subplots(figsize=(8 * w / max(h, w) + 1, 8 * h / max(h, w)))
-    ax.imshow(img, extent=(0, img.shape[1], img.shape[0], 0))
-    adata = sample.adata
-    xy = np.asarray(adata.obsm[K.SPATIAL], dtype=float) * scale
-    sizes_px = adata.obs[K.SIZE_UM].to_numpy(dtype=float) / sample.image.mpp * scale
-    geometry = adata.obs[K.GEOMETRY].astype(str).to_numpy()
-    patches, point_idx, patch_idx = [], [], []
-    for i, ((x, y), s, g) in enumerate(zip(xy, sizes_px, geometry, strict=True)):
-        if not np.isfinite(s):
-            point_idx.append(i)
-        elif g == K.SQUARE:
-            patches.append(Rectangle((x - s / 2, y - s / 2), s, s))
-            patch_idx.append(i)
-        else:
-            patches.append(Circle((x, y), s / 2))
-            patch_idx.append(i)
+    ax.imshow(img, extent=(0, w / scale, h / scale, 0))
     values, label = _values(sample, color)
     numeric = values is not None and np.issubdtype(np.asarray(values).dtype, np.number)
-    coll = PatchCollection(
-        patches,
+    colors = None
+    if values is not None and not numeric:
+        cats = {c: k for k, c in enumerate(dict.fromkeys(map(str, values)))}
+        colors = plt.get_cmap("tab20")(np.array([cats[str(v)] for v in values]) % 20)
+    mappable = draw_units(
+        ax,
+        sample.adata,
+        np.asarray(values, dtype=float) if numeric else None,
+        mpp=sample.image.mpp,
+        cmap=cmap,
+        norm=Normalize(*np.nanpercentile(values, [0, 100])) if numeric else None,
+        colors=colors,
         alpha=alpha,
         edgecolor=edgecolor,
         linewidth=linewidth,
-        facecolor=facecolor if values is None else None,
-        cmap=cmap if numeric else None,
     )
-    if values is not None:
-        if numeric:
-            coll.set_array(np.asarray(values, dtype=float)[patch_idx])
-        else:
-            cats = {c: k for k, c in enumerate(dict.fromkeys(map(str, values)))}
-            colors = plt.get_cmap("tab20")(np.array([cats[str(v)] for v in values]) % 20)
-            coll.set_facecolor(colors[patch_idx])
-    ax.add_collection(coll)
-    if point_idx:
-        ax.scatter(xy[point_idx, 0], xy[point_idx, 1], s=2, c="black")
-    if numeric and colorbar:
-        ax.figure.colorbar(coll, ax=ax, fraction=0.04, label=label)
-    ax.set_xlim(0, img.shape[1])
-    ax.set_ylim(img.shape[0], 0)
+    if numeric and colorbar and mappable is not None:
+        ax.figure.colorbar(mappable, ax=ax, fraction=0.04, label=label)
+    ax.set_xlim(0, w / scale)
+    ax.set_ylim(h / scale, 0)
     ax.set_axis_off()
+    add_scale_bar(ax, sample.image.mpp)
     ax.set_title(
         title
         if title is not None
-        else f"{sample.sample_id} ({sample.technology}, {adata.n_obs} units)"
+        else f"{sample.sample_id} ({sample.technology}, {sample.adata.n_obs} units)"
     )
     return ax

@@ -490,6 +490,10 @@ def write_truth(slide: SimulatedSlide, root: Path, image: Path) -> dict:
         obs=cells.drop(columns=["cell_id"]),
     )
     adata.var = adata.var.join(gi)
+    for frame in (adata.obs, adata.var):  # categorical on purpose, not by anndata's warning
+        for col in frame.columns:
+            if frame[col].dtype == object:
+                frame[col] = pd.Categorical(frame[col].astype(str))
     adata.uns["hexpress"] = {
         "sample_id": SECTION,
         "patient_id": PATIENT,
