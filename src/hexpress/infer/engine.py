@@ -28,6 +28,7 @@ from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
 from hexpress.infer.tissue import TissueMask, detect_tissue
 from hexpress.io.image import SlideImage
+from hexpress.models.tta import dense_tta
 
 __all__ = [
     "ModelInfo",
@@ -138,29 +139,16 @@ def model_info(checkpoint: Any, *, checkpoint_path: str | Path | None = None) ->
     return ModelInfo(checkpoint.model, checkpoint.meta, checkpoint_path=checkpoint_path)
 
 
-_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
-
-
 def dense_forward(
     model: torch.nn.Module, batch: torch.Tensor, *, tta: bool = False
 ) -> torch.Tensor:
     """Run a dense model on ``(B, 3, T, T)`` float input in [0, 1]; ``(B, C, T/s, T/s)`` float32.
 
-    With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back. Tiles are
-    square and their side a multiple of the stride, so every transform maps the cell grid onto
-    itself.
+    With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back
+    (:func:`hexpress.models.tta.dense_tta`). Tiles are square and their side a multiple of the
+    stride, so every transform maps the cell grid onto itself.
     """
-    if not tta:
-        return model(batch).float()
-    acc = None
-    for k, flip in _DIHEDRAL:
-        x = torch.flip(batch, dims=(3,)) if flip else batch
-        x = torch.rot90(x, k, dims=(2, 3))
-        y = model(x).float()
-        y = torch.rot90(y, -k, dims=(2, 3))
-        y = torch.flip(y, dims=(3,)) if flip else y
-        acc = y if acc is None else acc + y
-    return acc / len(_DIHEDRAL)
+    return dense_tta(model, batch, n=8 if tta else 1)
 
 
 def _read_tile(slide: SlideImage, info: ModelInfo, grid: TileGrid, tile: Tile) -> np.ndarray:

@@ -22,24 +22,19 @@ from hexpress.infer.aggregate_disk import units_to_anndata
 from hexpress.infer.engine import ModelInfo, resolve_device
 from hexpress.infer.units import Units
 from hexpress.io.image import SlideImage
+from hexpress.models.tta import tta_predict
 
 __all__ = ["predict_patches", "patch_forward"]
 
 log = logging.getLogger(__name__)
 
-_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
-
 
 def patch_forward(model: torch.nn.Module, x: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
-    """``(B, 3, h, w)`` in [0, 1] -> ``(B, G)`` float32; mean over 8 flips/rotations with ``tta``."""
-    if not tta:
-        return model(x).float()
-    acc = None
-    for k, flip in _DIHEDRAL:
-        y = torch.rot90(torch.flip(x, dims=(3,)) if flip else x, k, dims=(2, 3))
-        out = model(y).float()
-        acc = out if acc is None else acc + out
-    return acc / len(_DIHEDRAL)
+    """``(B, 3, h, w)`` in [0, 1] -> ``(B, G)`` float32; mean over 8 flips/rotations with ``tta``.
+
+    The transforms are those of :func:`hexpress.models.tta.tta_predict`.
+    """
+    return tta_predict(model, x, n=8 if tta else 1)
 
 
 def predict_patches(

@@ -56,15 +56,19 @@ def tta_predict(
 ) -> torch.Tensor:
     """Average ``fn`` over ``n`` transforms of ``images`` (patch models: outputs are invariant).
 
+    Outputs are returned as float32 (summed in float32 under autocast too).
+
     Args:
         fn: e.g. a patch model, ``(B, 3, H, W) -> (B, G)``.
         images: ``(B, 3, H, W)``.
         n: 1, 2, 4 or 8 transforms.
     """
     ts = _subset(_check_n(n))
+    if len(ts) == 1:
+        return fn(images).float()
     out = None
     for k, flip in ts:
-        y = fn(apply_transform(images, k, flip))
+        y = fn(apply_transform(images, k, flip)).float()  # float32 sums, also under autocast
         out = y if out is None else out + y
     return out / len(ts)
 
@@ -83,12 +87,14 @@ def dense_tta(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tenso
         n: 1, 2, 4 or 8 transforms.
     """
     ts = _subset(_check_n(n))
+    if len(ts) == 1:
+        return model(images).float()
     stride = int(getattr(model, "stride", 1))
     h, w = images.shape[-2:]
     ph, pw = (-h) % stride, (-w) % stride
     x = F.pad(images, (0, pw, 0, ph), value=1.0) if (ph or pw) else images
     out = None
     for k, flip in ts:
-        y = invert_transform(model(apply_transform(x, k, flip)), k, flip)
+        y = invert_transform(model(apply_transform(x, k, flip)).float(), k, flip)
         out = y if out is None else out + y
     return (out / len(ts))[..., : math.ceil(h / stride), : math.ceil(w / stride)]
