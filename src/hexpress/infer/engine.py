@@ -23,6 +23,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hexpress._device import (
+    autocast,
+    autocast_dtype,
+    pin,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from hexpress.errors import CheckpointError, ConfigError
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
@@ -43,13 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -140,15 +141,20 @@ def model_info(checkpoint: Any, *, checkpoint_path: str | Path | None = None) ->
 
 
 def dense_forward(
-    model: torch.nn.Module, batch: torch.Tensor, *, tta: bool = False
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    *,
+    tta: bool = False,
+    region: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Run a dense model on ``(B, 3, T, T)`` float input in [0, 1]; ``(B, C, T/s, T/s)`` float32.
 
     With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back
     (:func:`hexpress.models.tta.dense_tta`). Tiles are square and their side a multiple of the
-    stride, so every transform maps the cell grid onto itself.
+    stride, so every transform maps the cell grid onto itself. ``region`` (map cells, for models
+    that accept it) computes only those cells.
     """
-    return dense_tta(model, batch, n=8 if tta else 1)
+    return dense_tta(model, batch, n=8 if tta else 1, region=region)
 
 
 def _read_tile(slide: SlideImage, info: ModelInfo, grid: TileGrid, tile: Tile) -> np.ndarray:
@@ -163,6 +169,14 @@ def _tile_has_tissue(tile: Tile, grid: TileGrid, info: ModelInfo, slide, tissue)
     )
 
 
+def core_region(model: torch.nn.Module, grid: TileGrid) -> tuple[int, int, int, int] | None:
+    """The map cells of a tile's core, for models that compute only a region (else ``None``)."""
+    if not getattr(model, "accepts_region", False):
+        return None
+    m, c = grid.margin_px // grid.stride, grid.core_cells
+    return (m, m, m + c, m + c)
+
+
 def predict_tiles(
     slide: SlideImage,
     info: ModelInfo,
@@ -171,43 +185,68 @@ def predict_tiles(
     dense_map: DenseMap,
     *,
     batch_size: int = 8,
-    device: torch.device | None = None,
+    device: torch.device | str | None = None,
+    precision: str = "auto",
     tta: bool = False,
     progress: bool = True,
     on_batch: Callable[[list[Tile]], None] | None = None,
 ) -> int:
     """Predict ``tiles`` batch by batch and write their cores into ``dense_map``.
 
-    Tiles for the next batch are read in a background thread while the model runs.
+    Three stages overlap: a background thread reads (and decodes) the next batch of tiles into
+    pinned memory while the model runs on this one, and another writes the previous batch's
+    cores to the zarr map. The model runs in inference mode with channels-last tensors, under
+    autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
+    accept a ``region`` (PixNet) compute their decoder on the core only.
 
     Returns:
         the number of tiles run.
     """
     device = resolve_device(device)
-    model = info.model.to(device).eval()
+    model = prepare_model(info.model, device)
+    dtype = autocast_dtype(device, precision)
     m = grid.margin_px // grid.stride
     c = grid.core_cells
+    region = core_region(model, grid)
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
 
-    def load(batch: list[Tile]) -> np.ndarray:
-        return np.stack([_read_tile(slide, info, grid, t) for t in batch])
+    def load(batch: list[Tile]) -> torch.Tensor:
+        return pin(
+            torch.from_numpy(np.stack([_read_tile(slide, info, grid, t) for t in batch])), device
+        )
+
+    def store(batch: list[Tile], core: np.ndarray) -> None:
+        for t, out in zip(batch, core, strict=True):
+            h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
+            dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
+        dense_map.mark_done(t.index for t in batch)
+        if on_batch is not None:
+            on_batch(batch)
 
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        pending = pool.submit(load, batches[0]) if batches else None
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) as writer,
+        torch.inference_mode(),
+    ):
+        pending = reader.submit(load, batches[0]) if batches else None
+        written = None
         for bi, batch in enumerate(batches):
             pixels = pending.result()
-            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
-            x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-            y = dense_forward(model, x, tta=tta)
-            core = y[:, :, m : m + c, m : m + c].permute(0, 2, 3, 1).cpu().numpy()
-            for t, out in zip(batch, core, strict=True):
-                h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
-                dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
-            dense_map.mark_done(t.index for t in batch)
-            if on_batch is not None:
-                on_batch(batch)
+            pending = reader.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            # NHWC uint8 -> NCHW float in [0, 1], channels-last strides (no copy of the layout)
+            x = to_device(pixels, device).permute(0, 3, 1, 2).float().div_(255.0)
+            with autocast(device, dtype):
+                y = dense_forward(model, x, tta=tta, region=region)
+            if region is None:
+                y = y[:, :, m : m + c, m : m + c]
+            core = y.permute(0, 2, 3, 1).cpu().numpy()
+            if written is not None:
+                written.result()  # at most one batch waits to be written
+            written = writer.submit(store, batch, core)
             bar.update(len(batch))
+        if written is not None:
+            written.result()
     bar.close()
     return len(tiles)
 
