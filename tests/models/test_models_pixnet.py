@@ -163,3 +163,15 @@ def test_dffn_strips_equal_one_pass_and_gradients_use_one_pass(monkeypatch):
     calls.clear()
     model(x).sum().backward()  # with autograd: one pass per block
     assert sorted(calls) == [128 // 16, 128 // 8, 128 // 4]  # each level's whole map
+
+
+def test_effective_margin_is_measured_within_the_receptive_field():
+    from hexpress.models.pixnet import estimate_effective_margin
+
+    model = _awake_test_pixnet()
+    rf, align = model.receptive_field_px, model.reduction
+    loose = estimate_effective_margin(model, tol=0.2)
+    tight = estimate_effective_margin(model, tol=1e-12)
+    assert loose % align == 0 and tight % align == 0
+    assert align <= loose < tight <= rf  # a looser tolerance keeps fewer px
+    assert model.effective_margin_px(0.2) == loose  # cached per tolerance

@@ -130,6 +130,39 @@ class ModelInfo:
         """Names of the dense map's channels (genes, plus the total in density mode)."""
         return self.genes + ([TOTAL_CHANNEL] if self.mode == "density" else [])
 
+    def margin_px(self, margin: str | int = "exact") -> int:
+        """The tile margin in input px for a ``margin`` setting.
+
+        ``"exact"``: the receptive field (tiled maps equal an untiled pass); ``"effective"``:
+        the measured extent where the model's sensitivity to input falls below 1e-3 of its
+        total (``effective_margin_px`` of the model; the exact margin for models without it);
+        a number: that many px (rounded up to the tile alignment by the grid).
+        """
+        if isinstance(margin, str) and not margin.strip().lstrip("-").isdigit():
+            key = margin.strip().lower()
+            if key == "exact":
+                return self.receptive_field_px
+            if key == "effective":
+                eff = getattr(self.model, "effective_margin_px", None)
+                if eff is None:
+                    log.info("this model has no effective margin; using the exact one")
+                    return self.receptive_field_px
+                return int(eff())
+            raise ConfigError(
+                f"margin must be 'exact', 'effective' or a number of px, got {margin!r}."
+            )
+        px = int(margin)
+        if px < 0:
+            raise ConfigError(f"margin must be >= 0 px, got {px}.")
+        if px < self.receptive_field_px:
+            log.info(
+                "margin of %d px is below the receptive field (%d px): tile borders differ "
+                "slightly from an untiled pass",
+                px,
+                self.receptive_field_px,
+            )
+        return px
+
     @property
     def scale(self) -> float:
         return float(self.normalization.get("scale", 1.0) or 1.0)
@@ -237,7 +270,9 @@ def predict_tiles(
             # NHWC uint8 -> NCHW float in [0, 1], channels-last strides (no copy of the layout)
             x = to_device(pixels, device).permute(0, 3, 1, 2).float().div_(255.0)
             with autocast(device, dtype):
-                y = dense_forward(model, x, tta=tta, region=region)
+                # the CPU gains nothing from batching big tiles; one at a time bounds memory
+                parts = x.split(1 if device.type == "cpu" else len(x))
+                y = torch.cat([dense_forward(model, p, tta=tta, region=region) for p in parts])
             if region is None:
                 y = y[:, :, m : m + c, m : m + c]
             core = y.permute(0, 2, 3, 1).cpu().numpy()
@@ -292,8 +327,10 @@ def predict_slide(
     map_path: str | Path,
     *,
     tile_px: int | None = None,
+    margin: str | int = "exact",
     batch_size: int = 2,
     device: str | torch.device | None = None,
+    precision: str = "auto",
     tta: bool = False,
     tissue: TissueMask | None = None,
     detect: bool = True,
@@ -308,8 +345,11 @@ def predict_slide(
         map_path: where the map goes.
         tile_px: tile side in input px, margins included (default: a core of 1024 px plus the
             margins, see :func:`~hexpress.infer.tiling.make_tile_grid`).
+        margin: ``"exact"`` (the receptive field: tiled equals untiled), ``"effective"`` or
+            px (see :meth:`ModelInfo.margin_px`).
         batch_size: tiles per forward pass.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``...
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
         tta: average over the 8 flips/rotations.
         tissue: a tissue mask; default detected on a thumbnail (``detect=True``) or the whole
             slide (``detect=False``).
@@ -331,7 +371,7 @@ def predict_slide(
     grid = make_tile_grid(
         image_shape,
         stride=info.stride,
-        receptive_field_px=info.receptive_field_px,
+        receptive_field_px=info.margin_px(margin),
         tile_px=tile_px,
         align_px=info.align_px,
     )
@@ -386,8 +426,8 @@ def predict_slide(
         int(done.sum()),
     )
     predict_tiles(
-        slide, info, grid, todo, dm, batch_size=batch_size, device=device, tta=tta,
-        progress=progress,
+        slide, info, grid, todo, dm, batch_size=batch_size, device=device, precision=precision,
+        tta=tta, progress=progress,
     )  # fmt: skip
     dm.finalize(
         n_tiles_run=len(todo),

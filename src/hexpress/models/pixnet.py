@@ -40,7 +40,7 @@ from hexpress.models._registry import register_alias, register_model
 from hexpress.models.aggregate import MODES
 from hexpress.models.encoders import create_encoder, encoder_spec
 
-__all__ = ["PixNet", "DFFN", "estimate_receptive_field"]
+__all__ = ["PixNet", "DFFN", "estimate_receptive_field", "estimate_effective_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +171,7 @@ class PixNet(nn.Module):
         self.dffn = nn.ModuleList(DFFN(width, hd) for hd in hiddens)
         self.head = nn.Conv2d(width, self.n_out, 1)
         self._receptive_field_px: int | None = None
+        self._effective_margin: dict[float, int] = {}
 
     def forward(
         self, x: torch.Tensor, region: tuple[int, int, int, int] | None = None
@@ -282,6 +283,15 @@ class PixNet(nn.Module):
             self._receptive_field_px = estimate_receptive_field(self)
         return self._receptive_field_px
 
+    def effective_margin_px(self, tol: float = 1e-3) -> int:
+        """The margin beyond which the input moves a map cell by less than ``tol`` of what moves
+        it (see :func:`estimate_effective_margin`); measured once per ``tol`` with these weights.
+        """
+        tol = float(tol)
+        if tol not in self._effective_margin:
+            self._effective_margin[tol] = estimate_effective_margin(self, tol=tol)
+        return self._effective_margin[tol]
+
 
 def _structural_probe(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose every path from input to output carries a nonzero gradient.
@@ -352,6 +362,57 @@ def estimate_receptive_field(model: nn.Module, *, max_px: int = 4096) -> int:
             break
     margin = max(margins)
     return (math.ceil(margin / align) + 1) * align
+
+
+def _he_canvas(side: int, seed: int = 0) -> torch.Tensor:
+    """A ``(1, 3, side, side)`` H&E-like input: pink stroma, purple nuclei, a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pink = torch.tensor([0.89, 0.63, 0.77]).view(3, 1, 1)
+    purple = torch.tensor([0.47, 0.27, 0.63]).view(3, 1, 1)
+    dots = (torch.rand(1, side, side, generator=gen) < 0.02).float()
+    dots = F.max_pool2d(dots[None], 5, stride=1, padding=2)[0]  # nuclei of ~5 px
+    img = pink * (1 - dots) + purple * dots + 0.03 * torch.randn(3, side, side, generator=gen)
+    return img.clamp(0, 1)[None]
+
+
+def estimate_effective_margin(model: nn.Module, *, tol: float = 1e-3, side: int = 1024) -> int:
+    """Input px beyond a cell's block that still matter, with the model's own weights.
+
+    The gradient of a central map cell (all its channels summed) with respect to an H&E-like
+    input (:func:`_he_canvas`) tells how much each input pixel moves it. The margin is the
+    smallest multiple of ``reduction`` such that the pixels farther away (Chebyshev distance
+    from the cell's block) hold less than ``tol`` of the total absolute gradient; it is never
+    more than :attr:`PixNet.receptive_field_px`. This is a first-order measure on one input:
+    the deviation from the exact map that a margin causes is measured on real tiles by
+    ``benchmarks/bench_infer_speed.py`` (``largest_deviation``).
+    """
+    stride = int(model.stride)
+    align = int(getattr(model, "reduction", stride))
+    rf = int(getattr(model, "receptive_field_px", side // 2))
+    side = max(int(side), 2 * rf + 2 * align)
+    side = math.ceil(side / align) * align
+    x = _he_canvas(side).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            ci = out.shape[-1] // 2
+            (g,) = torch.autograd.grad(out[0, :, ci, ci].sum(), x)
+    finally:
+        model.train(was_training)
+    g = g.abs().sum(dim=(0, 1))
+    y0 = ci * stride
+    idx = torch.arange(side)
+    dist = torch.maximum(y0 - idx, idx - (y0 + stride - 1)).clamp_min(0)
+    dist = torch.maximum(dist[:, None], dist[None, :])
+    # total gradient at each distance, then the share at or beyond each distance
+    per_d = torch.zeros(int(dist.max()) + 2, dtype=torch.float64)
+    per_d.index_add_(0, dist.ravel(), g.ravel().double())
+    tail = per_d.flip(0).cumsum(0).flip(0) / per_d.sum().clamp_min(1e-30)
+    beyond = torch.nonzero(tail[1:] < tol).ravel()  # tail[1:][d] = share beyond distance d
+    d = int(beyond[0]) if len(beyond) else rf
+    return min(rf, (math.ceil(d / align) or 1) * align)
 
 
 # -- registered variants -------------------------------------------------------------------------
