@@ -223,6 +223,7 @@ def predict_tiles(
     tta: bool = False,
     progress: bool = True,
     on_batch: Callable[[list[Tile]], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> int:
     """Predict ``tiles`` batch by batch and write their cores into ``dense_map``.
 
@@ -231,6 +232,10 @@ def predict_tiles(
     cores to the zarr map. The model runs in inference mode with channels-last tensors, under
     autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
     accept a ``region`` (PixNet) compute their decoder on the core only.
+
+    ``timings``, when given, gets seconds added under ``"wait_read"`` (waiting for tiles),
+    ``"net"`` (the model, outputs back on the host) and ``"wait_write"`` (waiting for the
+    previous batch's write).
 
     Returns:
         the number of tiles run.
@@ -264,9 +269,12 @@ def predict_tiles(
     ):
         pending = reader.submit(load, batches[0]) if batches else None
         written = None
+        tm = {"wait_read": 0.0, "net": 0.0, "wait_write": 0.0}
         for bi, batch in enumerate(batches):
+            t0 = time.perf_counter()
             pixels = pending.result()
             pending = reader.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            t1 = time.perf_counter()
             # NHWC uint8 -> NCHW float in [0, 1], channels-last strides (no copy of the layout)
             x = to_device(pixels, device).permute(0, 3, 1, 2).float().div_(255.0)
             with autocast(device, dtype):
@@ -276,13 +284,22 @@ def predict_tiles(
             if region is None:
                 y = y[:, :, m : m + c, m : m + c]
             core = y.permute(0, 2, 3, 1).cpu().numpy()
+            t2 = time.perf_counter()
             if written is not None:
                 written.result()  # at most one batch waits to be written
             written = writer.submit(store, batch, core)
+            tm["wait_read"] += t1 - t0
+            tm["net"] += t2 - t1
+            tm["wait_write"] += time.perf_counter() - t2
             bar.update(len(batch))
+        t0 = time.perf_counter()
         if written is not None:
             written.result()
+        tm["wait_write"] += time.perf_counter() - t0
     bar.close()
+    if timings is not None:
+        for k, v in tm.items():
+            timings[k] = timings.get(k, 0.0) + v
     return len(tiles)
 
 
@@ -336,6 +353,7 @@ def predict_slide(
     detect: bool = True,
     progress: bool = True,
     resume: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> DenseMap:
     """Predict the dense map of a whole slide into ``map_path`` (a ``.zarr`` folder).
 
@@ -343,8 +361,8 @@ def predict_slide(
         slide: the slide (any ``mpp``; tiles are read resampled to ``info.model_mpp``).
         info: the dense model and its metadata (:func:`model_info`).
         map_path: where the map goes.
-        tile_px: tile side in input px, margins included (default: a core of 1024 px plus the
-            margins, see :func:`~hexpress.infer.tiling.make_tile_grid`).
+        tile_px: tile side in input px, margins included (default: 2560 px, see
+            :func:`~hexpress.infer.tiling.make_tile_grid`).
         margin: ``"exact"`` (the receptive field: tiled equals untiled), ``"effective"`` or
             px (see :meth:`ModelInfo.margin_px`).
         batch_size: tiles per forward pass.
@@ -355,6 +373,7 @@ def predict_slide(
             slide (``detect=False``).
         progress: show a progress bar over tiles.
         resume: continue an unfinished map of the same slide, checkpoint and tile grid.
+        timings: gets the seconds of each stage (see :func:`predict_tiles`).
 
     Returns:
         the complete :class:`DenseMap`, opened read-only.
@@ -427,7 +446,7 @@ def predict_slide(
     )
     predict_tiles(
         slide, info, grid, todo, dm, batch_size=batch_size, device=device, precision=precision,
-        tta=tta, progress=progress,
+        tta=tta, progress=progress, timings=timings,
     )  # fmt: skip
     dm.finalize(
         n_tiles_run=len(todo),
