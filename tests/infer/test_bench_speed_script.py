@@ -8,9 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_infer_speed.py"
 
 
+@pytest.mark.slow
 def test_small_region_end_to_end_figures_add_up(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--region-um", "200", "--model", "test_pixnet",
            "--patch-model", "test_patch", "--patch-crops", "8", "--margin", "32",
