@@ -36,6 +36,7 @@ from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
 from hexpress.infer.tissue import TissueMask, detect_tissue
 from hexpress.io.image import SlideImage
+from hexpress.models.fuse import fold_batchnorms
 from hexpress.models.tta import dense_tta
 
 __all__ = [
@@ -229,7 +230,9 @@ def predict_tiles(
 
     Three stages overlap: a background thread reads (and decodes) the next batch of tiles into
     pinned memory while the model runs on this one, and another writes the previous batch's
-    cores to the zarr map. The model runs in inference mode with channels-last tensors, under
+    cores to the zarr map. The model runs as a copy with its batch norms folded into its
+    convolutions (:func:`hexpress.models.fuse.fold_batchnorms`), in inference mode with
+    channels-last tensors, under
     autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
     accept a ``region`` (PixNet) compute their decoder on the core only.
 
@@ -241,7 +244,7 @@ def predict_tiles(
         the number of tiles run.
     """
     device = resolve_device(device)
-    model = prepare_model(info.model, device)
+    model = prepare_model(fold_batchnorms(info.model), device)
     dtype = autocast_dtype(device, precision)
     m = grid.margin_px // grid.stride
     c = grid.core_cells
