@@ -54,6 +54,7 @@ from hexpress.data.sample import Sample
 from hexpress.errors import CheckpointError, ConfigError, OutputExistsError
 from hexpress.train.config import TrainConfig, config_to_dict, save_config
 from hexpress.train.data import load_training_data
+from hexpress._device import MixedPrecision, loader_kwargs
 from hexpress.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from hexpress.train.tasks import FINETUNE, TrainingTask, make_task
 
@@ -554,6 +555,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     last_loss: float | None = None
     val: dict = {}
     t0 = time.perf_counter()
+    amp = MixedPrecision(device, cfg.run.precision)  # bf16 autocast on GPUs by default
     try:
         for phase, first, end in phases:
             steps = range(max(first, start_step), end)
@@ -574,12 +576,9 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
                 lr = _lr_at(step, cfg, max_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, parts = task.loss(net, batch)
+                loss, parts = task.loss(amp.wrap(net), batch)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                opt.step()
+                amp.step(loss, opt, params, cfg.optim.grad_clip)
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     raise ConfigError(
@@ -643,9 +642,8 @@ def _batches(dataset, steps: range, cfg: TrainConfig, device: torch.device) -> I
                 dataset,
                 batch_size=None,
                 sampler=list(steps),
-                num_workers=cfg.run.num_workers,
                 collate_fn=_identity,
-                pin_memory=device.type == "cuda",
+                **loader_kwargs(device, cfg.run.num_workers),
             )
         )
     return (dataset[s] for s in steps)
