@@ -50,7 +50,7 @@ _PAD_VALUE = 1.0  # white, as read outside the slide
 class DFFN(nn.Module):
     """Convolutional two-layer feed-forward block (pre-norm, depthwise 3x3 between the 1x1s).
 
-    Without autograd (inference) the block runs in strips of rows with a one-row halo for the
+    Without autograd (inference) on the CPU the block runs in strips of rows with a one-row halo for the
     depthwise convolution: the same numbers as one pass, but the ``hidden``-wide activations
     of a strip stay small (memory, cache) instead of spanning the whole map.
     """
@@ -72,7 +72,7 @@ class DFFN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
         rows = max(4, self.strip_bytes // max(1, 4 * b * self.fc1.out_channels * w))
-        if torch.is_grad_enabled() or h <= rows:
+        if torch.is_grad_enabled() or h <= rows or x.device.type != "cpu":
             return self._block(x)
         out = torch.empty(
             (b, self.fc2.out_channels, h, w), dtype=x.dtype, device=x.device,
