@@ -222,3 +222,18 @@ def test_pixnet_tiled_map_equals_untiled_pass(tmp_path):
     got, cov = dm.read(0, dm.shape[0], 0, dm.shape[1])
     ref = untiled(model, image, grid.margin_px)
     np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_default_tiles_share_the_image_out_evenly():
+    from hexpress.infer.tiling import DEFAULT_TILE_PX
+
+    g = make_tile_grid((13000, 13000), stride=4, receptive_field_px=512, align_px=32)
+    # 9 cores of 1472 px cover 13,000 px (9 of 1536 would reach 13,824)
+    assert (g.tile_px, g.margin_px, g.core_cells * 4, g.n_rows) == (2496, 512, 1472, 9)
+    assert g.tile_px <= DEFAULT_TILE_PX and g.n_rows * g.core_cells * 4 >= 13000
+    # a smaller margin keeps more of each tile
+    e = make_tile_grid((13000, 13000), stride=4, receptive_field_px=288, align_px=32)
+    assert len(e) < len(g) and e.tile_px <= DEFAULT_TILE_PX
+    # an image smaller than one core gets one tile just big enough
+    s = make_tile_grid((300, 200), stride=4, receptive_field_px=8, align_px=4)
+    assert len(s) == 1 and s.tile_px == 300 + 2 * 8

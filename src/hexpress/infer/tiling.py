@@ -126,9 +126,9 @@ def make_tile_grid(
         stride: input px per map cell.
         receptive_field_px: the model's receptive field in input px; the margin covers it.
         tile_px: requested tile side in input px; rounded down to a multiple of ``align_px``.
-            Default (``None``): :data:`DEFAULT_TILE_PX`, or a core of :data:`DEFAULT_CORE_PX` px
-            plus the margins when that is larger, and never more than one tile holding the
-            whole image.
+            Default (``None``): at most :data:`DEFAULT_TILE_PX` (or a core of
+            :data:`DEFAULT_CORE_PX` px plus the margins when that is larger), with the cores
+            shrunk to share the image's longest side out evenly.
         align_px: tile corners fall on multiples of this (default ``stride``); it is rounded up
             to a multiple of ``stride``.
 
@@ -143,9 +143,13 @@ def make_tile_grid(
     margin = math.ceil(max(0, int(receptive_field_px)) / align) * align
     if tile_px is None:
         min_core = max(align, math.ceil(DEFAULT_CORE_PX / align) * align)
-        whole = max(align, math.ceil(max(int(image_shape[0]), int(image_shape[1])) / align) * align)
-        # no larger than one tile over the whole image
-        tile_px = min(max(DEFAULT_TILE_PX, 2 * margin + min_core), 2 * margin + whole)
+        max_core = max(DEFAULT_TILE_PX, 2 * margin + min_core) - 2 * margin
+        max_core = max(align, max_core // align * align)
+        # as few cores along the longest side as fit, shared out evenly (the last tile would
+        # otherwise be mostly outside the image)
+        longest = max(int(image_shape[0]), int(image_shape[1]), 1)
+        n = math.ceil(longest / max_core)
+        tile_px = 2 * margin + min(max_core, math.ceil(longest / n / align) * align)
     tile = (int(tile_px) // align) * align
     core_px = tile - 2 * margin
     if core_px < align:
