@@ -391,7 +391,8 @@ def estimate_effective_margin(model: nn.Module, *, tol: float = 1e-3, side: int 
     rf = int(getattr(model, "receptive_field_px", side // 2))
     side = max(int(side), 2 * rf + 2 * align)
     side = math.ceil(side / align) * align
-    x = _he_canvas(side).requires_grad_(True)
+    dev = next(model.parameters()).device
+    x = _he_canvas(side).to(dev).requires_grad_(True)
     was_training = model.training
     model.eval()
     try:
@@ -401,7 +402,7 @@ def estimate_effective_margin(model: nn.Module, *, tol: float = 1e-3, side: int 
             (g,) = torch.autograd.grad(out[0, :, ci, ci].sum(), x)
     finally:
         model.train(was_training)
-    g = g.abs().sum(dim=(0, 1))
+    g = g.abs().sum(dim=(0, 1)).cpu()
     y0 = ci * stride
     idx = torch.arange(side)
     dist = torch.maximum(y0 - idx, idx - (y0 + stride - 1)).clamp_min(0)
