@@ -387,6 +387,7 @@ def predict_slide(
             "Patch models predict unit by unit: see hexpress.infer.patch_engine."
         )
     map_path = Path(map_path)
+    autocast_dtype(resolve_device(device), precision)  # a bad device or precision fails first
     if tissue is None:
         tissue = detect_tissue(slide) if detect else TissueMask.full(slide)
     image_shape = slide.shape_at(info.model_mpp)
