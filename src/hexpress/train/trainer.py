@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hexpress._device import MixedPrecision, loader_kwargs
 from hexpress._files import atomic_path
 from hexpress._files import sha256_file as _sha256
 from hexpress._files import write_file as _atomic_text
@@ -54,7 +55,6 @@ from hexpress.data.sample import Sample
 from hexpress.errors import CheckpointError, ConfigError, OutputExistsError
 from hexpress.train.config import TrainConfig, config_to_dict, save_config
 from hexpress.train.data import load_training_data
-from hexpress._device import MixedPrecision, loader_kwargs
 from hexpress.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from hexpress.train.tasks import FINETUNE, TrainingTask, make_task
 
