@@ -44,6 +44,12 @@ def test_autocast_dtype_per_device(monkeypatch):
     assert D.autocast_dtype(gpu, "auto") == torch.float16
     # training never picks float16 on its own (it needs loss scaling)
     assert D.MixedPrecision(gpu, "auto").dtype is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    amp = D.MixedPrecision(gpu, "auto")
+    net = torch.nn.Linear(2, 2)
+    wrapped = amp.wrap(net)
+    assert amp.dtype == torch.bfloat16 and wrapped is not net and wrapped.module is net
+    assert D.MixedPrecision(cpu).wrap(net) is net  # float32: the model itself
 
 
 def test_cpu_copies_and_loader_settings():

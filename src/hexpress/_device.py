@@ -168,8 +168,9 @@ class MixedPrecision:
         return y.float()
 
     def wrap(self, model):
-        """A callable that runs :meth:`forward` with ``model``."""
-        return lambda *args, **kwargs: self.forward(model, *args, **kwargs)
+        """``model`` itself in float32; else a callable running :meth:`forward` with it, whose
+        ``.module`` is the model inside (as a ``DistributedDataParallel`` wrapper exposes it)."""
+        return model if self.dtype is None else _AutocastCall(self, model)
 
     def step(self, loss: torch.Tensor, optimizer, params, grad_clip: float = 0.0) -> None:
         """Backward, optional gradient-norm clipping, optimiser step (scaled for float16)."""
@@ -185,3 +186,14 @@ class MixedPrecision:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         self.scaler.step(optimizer)
         self.scaler.update()
+
+
+class _AutocastCall:
+    """``net(*args)`` under a :class:`MixedPrecision`'s autocast (see :meth:`MixedPrecision.wrap`)."""
+
+    def __init__(self, amp: MixedPrecision, net) -> None:
+        self._amp, self._net = amp, net
+        self.module = getattr(net, "module", net)
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return self._amp.forward(self._net, *args, **kwargs)
