@@ -8,9 +8,11 @@ skipped), and aggregation of 16 µm bins from the on-disk map.
 
 The model is the untrained ``test_pixnet`` (stride 4) at ``model_mpp`` 2 µm/px, so the 40k run
 (0.5 µm/px slide, 20 x 20 mm) finishes in minutes on 2 CPU cores; memory is bounded by tile and
-batch, which do not depend on the model's weights.
+batch, which do not depend on the model's weights. ``--model pixnet_lite0 --tile-px default``
+measures the real model at the engine's default tile (2560 px; slower: about 170 GFLOP a tile).
 
-Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]``.
+Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]
+[--model test_pixnet] [--tile-px 1024|default] [--batch-size 4]``.
 Prints one JSON object.
 """
 
@@ -80,7 +82,7 @@ def write_slide(path: Path, size: int) -> Path:
     return path
 
 
-def child(slide: str, out: str) -> None:
+def child(slide: str, out: str, model_name: str, tile: str, batch: str) -> None:
     """Predict one slide (in its own process) and print the JSON of its peak memory."""
     import torch
 
@@ -91,12 +93,13 @@ def child(slide: str, out: str) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = create_model("test_pixnet", n_genes=16).eval()
+    model = create_model(model_name, n_genes=16).eval()
     info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(16)]})
     img = open_image(slide)
     tissue = detect_tissue(img)
     dm = predict_slide(
-        img, info, Path(out) / "map.zarr", tile_px=1024, batch_size=4, tissue=tissue,
+        img, info, Path(out) / "map.zarr", tile_px=None if tile == "default" else int(tile),
+        batch_size=int(batch), tissue=tissue,
         progress=False,
     )  # fmt: skip
     t_map = time.perf_counter() - t0
@@ -109,6 +112,7 @@ def child(slide: str, out: str) -> None:
         json.dumps(
             {
                 "slide_px": [img.width, img.height],
+                "tile_px": dm.attrs["tile_grid"]["tile_px"],
                 "tissue_fraction": round(tissue.fraction, 3),
                 "map_cells": list(dm.shape[:2]),
                 "tiles_run": dm.attrs["n_tiles_run"],
@@ -126,7 +130,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,40000")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--model", default="test_pixnet")
+    p.add_argument("--tile-px", default="1024", help="px, or 'default' (the engine's)")
+    p.add_argument("--batch-size", default="4")
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child)
@@ -141,7 +148,8 @@ def main() -> None:
             write_slide(slide, size)
         t_write = time.perf_counter() - t0
         out = work / f"out_{size}"
-        cmd = [sys.executable, __file__, "--child", str(slide), str(out)]
+        cmd = [sys.executable, __file__, "--child", str(slide), str(out), args.model,
+               args.tile_px, args.batch_size]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["seconds_write_slide"] = round(t_write, 1)
@@ -150,11 +158,11 @@ def main() -> None:
     sizes = list(results)
     out = {
         "benchmark": "infer_memory",
-        "model": "test_pixnet (untrained, stride 4, 16 genes)",
+        "model": f"{args.model} (untrained decoder, stride 4, 16 genes)",
         "slide_mpp": SLIDE_MPP,
         "model_mpp": MODEL_MPP,
-        "tile_px": 1024,
-        "batch_size": 4,
+        "tile_px": args.tile_px,
+        "batch_size": int(args.batch_size),
         "threads": int(os.environ.get("BENCH_THREADS", "2")),
         "results": results,
     }

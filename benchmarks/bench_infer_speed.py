@@ -1,30 +1,46 @@
-"""Speed of dense inference against the single-patch baseline, and aggregation throughput.
+"""Whole-region dense inference end to end, against the single-patch baseline on the same bins.
 
-1. PixNet (EfficientNet-Lite0 encoder, 250 genes, stride 4, untrained weights: speed does not
-   depend on them) predicting every 8 µm and every 2 µm bin of a 4 mm x 4 mm region at
-   ``model_mpp`` 0.5 µm/px (8000 x 8000 input px): the dense map is computed once, then each
-   bin size is aggregated from it. By default the map time is **extrapolated** from a timed
-   sample of tiles (``--dense-tiles``; time per tile x tiles of the region) and the bin time
-   from the aggregation rate of part 3; ``--full`` runs the whole region and then aggregates
-   every 8 µm and every 2 µm bin of it into an AnnData, all timed.
-2. The single-patch baseline (``lite0_patch``: EfficientNet-Lite0, 112 µm crops resized to
-   224 px) doing one crop per 8 µm bin (250 000 crops) and per 2 µm bin (4 000 000 crops).
-   By default both are **extrapolated** from a timed sample of crops (``--patch-crops``);
-   ``--patch-all`` runs every 8 µm bin of the region (about 50 min on 2 CPU cores) and
-   extrapolates only the 2 µm case from it.
-3. Aggregation throughput: every 2 µm bin of a 6.5 mm x 6.5 mm area (3250 x 3250 = 10.6 M bins)
-   from an on-disk map whose cells are 2 µm, with ``--agg-genes`` genes (16 by default: the
-   output matrix of 10.6 M x 250 genes would need 10.6 GB as float32), timed twice: the sums
-   and predictions (``unit_sums`` + ``finish_units``) and the whole ``aggregate_units`` call
-   (AnnData with 10.6 M string ids included).
+The target: a 6.5 mm x 6.5 mm region (a Visium HD capture area) at 0.5 µm/px, 13,000 x 13,000
+px, all of it tissue. The script writes that region as a pyramidal JPEG-tiled TIFF (the
+synthetic slide of ``bench_infer_memory.py``; not timed), then times, in one process:
 
-Usage: ``python benchmarks/bench_infer_speed.py [--full] [--patch-all] [--threads 2]``.
-Prints one JSON object on stdout; each part is also printed to stderr as soon as it is done.
+1. ``setup``: opening the slide, building PixNet-Lite0 (250 genes, stride 4, untrained decoder:
+   speed does not depend on the weights) and measuring its receptive field (and, with
+   ``--margin effective``, its effective margin).
+2. ``map``: the tiled dense map into an on-disk zarr store (:func:`hexpress.infer.predict_slide`),
+   split into waiting for tiles (JPEG reading and decoding, in a background thread), the net,
+   and waiting for the writes (also in a background thread).
+3. ``aggregate_16um``, ``aggregate_8um``, ``aggregate_2um``: every bin of the region aggregated
+   from the map into an AnnData with all 250 genes. The 2 µm bins (10.6 M of them, 10.6 GB as
+   one float32 matrix) go in blocks of ``--block-bins`` bins, one AnnData per block, so memory
+   stays bounded.
+
+``seconds_total`` is timed around all of it on its own clock; the parts are timed separately, so
+their sum (``seconds_sum_of_parts``) falls short of the total only by the glue between them.
+
+The machine's own rate comes first: a 2048 x 2048 float32 ``torch.matmul``, timed right before
+the map in the same process; the net's rate is its FLOPs (counted by
+``torch.utils.flop_counter`` on the meta device, nothing run) over the seconds spent in it.
+``kept_over_computed_px`` is the share of the tiles' input pixels that end up in the map;
+``kept_over_computed_flop`` the FLOPs of one untiled pass over the region over those spent.
+
+The patch baseline (``lite0_patch``: 112 µm crops resized to 224 px) predicts the same 8 µm bins:
+by default **extrapolated** from ``--patch-crops`` timed crops; ``--patch-all`` runs every bin.
+
+With a margin other than ``exact``, ``deviation`` compares ``--deviation-tiles`` tiles of the
+region at that margin with the same cores at the exact margin: the largest absolute difference
+of any map value, and that over the exact map's standard deviation.
+
+Usage: ``python benchmarks/bench_infer_speed.py [--region-um 6500] [--margin exact|effective|PX]
+[--patch-all] [--threads 2]``. ``--region-um 300`` runs in about a minute. Prints one JSON
+object on stdout; each part is also printed to stderr as soon as it is done.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import os
 import shutil
@@ -36,224 +52,260 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hexpress.infer import (
-    ModelInfo,
-    TissueMask,
-    create_dense_map,
-    finish_units,
-    grid_bins,
-    make_tile_grid,
-    open_dense_map,
-    unit_sums,
-)
+from hexpress.infer import ModelInfo, TissueMask, grid_bins, make_tile_grid, predict_slide
 from hexpress.infer.aggregate_disk import aggregate_units
-from hexpress.infer.engine import predict_tiles
+from hexpress.infer.engine import core_region, dense_forward
 from hexpress.infer.patch_engine import predict_patches
-from hexpress.io import ArrayImage
+from hexpress.io import open_image
 from hexpress.models import create_model
 
 MODEL_MPP = 0.5
+N_GENES = 250
+BIN_SIZES = (16, 8, 2)
 
 
-def _he_like(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    img = np.empty((n, n, 3), dtype=np.uint8)
-    img[:] = (228, 160, 196)
-    dots = rng.random((n, n)) < 0.01
-    img[dots] = (120, 70, 160)
-    return img
+def _memory_bench():
+    """``bench_infer_memory.py`` next to this file (the synthetic slide is written there)."""
+    path = Path(__file__).with_name("bench_infer_memory.py")
+    spec = importlib.util.spec_from_file_location("_bench_infer_memory", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def bench_dense(args, work: Path) -> dict:
-    torch.manual_seed(0)
-    model = create_model("pixnet", n_genes=250, pretrained=False).eval()
-    info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(250)]})
-    side = int(args.region_um / MODEL_MPP)
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (``VmHWM``), MB."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    return round(kb / 1024, 1)
+
+
+def matmul_gflops(n: int = 2048, min_s: float = 1.0) -> float:
+    """float32 ``n x n`` matmul rate of this process, GFLOP/s (best of repeated runs)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.matmul(a, b)
+    best, t_all = float("inf"), 0.0
+    while t_all < min_s:
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        dt = time.perf_counter() - t0
+        best, t_all = min(best, dt), t_all + dt
+    return 2 * n**3 / best / 1e9
+
+
+def count_flops(model: torch.nn.Module, side: int, region=None) -> int:
+    """FLOPs of one forward pass on a ``side`` x ``side`` input, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(model).to("meta")
+    x = torch.empty(1, 3, side, side, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        meta(x, **({} if region is None else {"region": region}))
+    return int(counter.get_total_flops())
+
+
+def _timed(fn, *a, **kw):
     t0 = time.perf_counter()
-    rf = info.receptive_field_px
-    t_rf = time.perf_counter() - t0
-    grid = make_tile_grid(
-        (side, side), stride=info.stride, receptive_field_px=rf, tile_px=args.tile_px,
-        align_px=info.align_px,
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
+
+
+def _aggregate(dm, side: int, um: int, block_bins: int) -> tuple[int, int]:
+    """Every ``um`` bin of the region into AnnData (in blocks of bins); (bins, blocks)."""
+    units = grid_bins(side, side, MODEL_MPP, float(um))
+    n, blocks = len(units), 0
+    for a in range(0, n, block_bins):
+        sub = units if n <= block_bins else units.subset(np.arange(a, min(n, a + block_bins)))
+        ad = aggregate_units(dm, sub, progress=False)
+        assert ad.n_obs == len(sub) and ad.n_vars == N_GENES, (ad.shape, len(sub))
+        blocks += 1
+        del ad
+    return n, blocks
+
+
+def _deviation(info: ModelInfo, slide, grid, exact_margin: int, n_tiles: int) -> dict:
+    """Largest difference between tiles at ``grid``'s margin and the same cores at the exact one."""
+    exact = make_tile_grid(
+        grid.image_shape, stride=info.stride, receptive_field_px=exact_margin,
+        tile_px=grid.tile_px - 2 * grid.margin_px + 2 * exact_margin, align_px=info.align_px,
     )  # fmt: skip
-    n_run = len(grid) if args.full else min(len(grid), args.dense_tiles)
-    # a sample of tiles needs only the pixels it reads: a small in-memory slide of the region
-    img_side = side if args.full else grid.tile_px + grid.core_cells * info.stride * 2
-    slide = ArrayImage(_he_like(img_side), mpp=MODEL_MPP)
-    sub_grid = make_tile_grid(
-        slide.shape_at(MODEL_MPP), stride=info.stride, receptive_field_px=rf,
-        tile_px=args.tile_px, align_px=info.align_px,
-    )  # fmt: skip
-    dm = create_dense_map(
-        work / "dense.zarr", map_shape=sub_grid.map_shape, n_channels=len(info.channels),
-        chunk_cells=sub_grid.core_cells, n_tiles=len(sub_grid), tissue_mask=np.ones((4, 4), bool),
-        attrs={"stride": info.stride, "model_mpp": MODEL_MPP, "genes": info.genes,
-               "mode": info.mode, "map_mpp": MODEL_MPP * info.stride,
-               "slide": {"width": img_side, "height": img_side, "mpp": MODEL_MPP},
-               "normalization": {"scale": 1e4}, "tissue_scale": 4 / img_side},
-    )  # fmt: skip
-    tiles = list(sub_grid)[:n_run]
-    predict_tiles(slide, info, sub_grid, tiles[:1], dm, batch_size=1, progress=False)  # warm-up
-    t0 = time.perf_counter()
-    predict_tiles(slide, info, sub_grid, tiles, dm, batch_size=args.batch_size, progress=False)
-    t_tiles = time.perf_counter() - t0
-    per_tile = t_tiles / len(tiles)
-    map_s = per_tile * len(grid)
-    bins: dict = {}
-    if args.full:
-        dm.finalize()
-        dm = open_dense_map(work / "dense.zarr")
-        for um in (8, 2):
-            t0 = time.perf_counter()
-            units = grid_bins(side, side, MODEL_MPP, float(um))
-            a = aggregate_units(dm, units, memory_mb=args.memory_mb, progress=False)
-            t_agg = time.perf_counter() - t0
-            bins[f"bins_{um}um"] = int(a.n_obs)
-            bins[f"seconds_aggregate_{um}um"] = round(t_agg, 1)
-            bins[f"seconds_{um}um_bins"] = round(t_tiles + t_agg, 1)
-            del a, units
+    order = sorted(
+        range(len(grid)),
+        key=lambda i: (
+            abs(grid.tile(i).row - grid.n_rows // 2) + abs(grid.tile(i).col - grid.n_cols // 2)
+        ),
+    )  # noqa: E501
+    worst, std = 0.0, 0.0
+    model = info.model
+    with torch.inference_mode():
+        for i in order[:n_tiles]:
+            outs = []
+            for g in (grid, exact):
+                t = g.tile(i)
+                px = slide.read_at(MODEL_MPP, t.read_x, t.read_y, g.tile_px, g.tile_px)
+                x = torch.from_numpy(px[None]).permute(0, 3, 1, 2).float() / 255
+                region = core_region(model, g)
+                y = dense_forward(model, x, region=region)
+                if region is None:
+                    m = g.margin_px // g.stride
+                    y = y[..., m : m + g.core_cells, m : m + g.core_cells]
+                outs.append(y)
+            worst = max(worst, float((outs[0] - outs[1]).abs().max()))
+            std = max(std, float(outs[1].std()))
     return {
-        "model": "pixnet (tf_efficientnet_lite0, 250 genes, stride 4, width 128, hidden 512)",
-        "region_um": args.region_um,
-        "model_mpp": MODEL_MPP,
-        "input_px": side,
-        "receptive_field_px": rf,
-        "seconds_receptive_field": round(t_rf, 2),
-        "tile_px": grid.tile_px,
-        "margin_px": grid.margin_px,
-        "tiles_in_region": len(grid),
-        "tiles_timed": len(tiles),
-        "seconds_per_tile": round(per_tile, 3),
-        "seconds_map_region": round(map_s, 1),
-        "map_extrapolated": not args.full,
-        **bins,
+        "tiles_compared": min(n_tiles, len(grid)),
+        "largest_deviation": round(worst, 5),
+        "largest_deviation_over_map_std": round(worst / std, 5) if std > 0 else None,
     }
 
 
-def bench_patch(args, work: Path) -> dict:
+def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     torch.manual_seed(0)
-    model = create_model("lite0_patch", n_genes=250, pretrained=False).eval()
+    matmul = matmul_gflops()  # the machine's rate, right before the map, in this process
+    t_start = time.perf_counter()
+    (slide, model, info, margin), t_setup = _timed(_setup, args, slide_path)
+    grid = make_tile_grid(
+        (side, side), stride=info.stride, receptive_field_px=margin, tile_px=args.tile_px,
+        align_px=info.align_px,
+    )  # fmt: skip
+    timings: dict[str, float] = {}
+    dm, t_map = _timed(
+        predict_slide, slide, info, work / "map.zarr", tile_px=args.tile_px, margin=margin,
+        batch_size=args.batch_size, tissue=TissueMask.full(slide), progress=False,
+        resume=False, timings=timings,
+    )  # fmt: skip
+    parts = {"setup": t_setup, "map": t_map}
+    bins = {}
+    for um in BIN_SIZES:
+        (n, blocks), parts[f"aggregate_{um}um"] = _timed(_aggregate, dm, side, um, args.block_bins)
+        bins[f"bins_{um}um"] = n
+        bins[f"blocks_{um}um"] = blocks
+    t_total = time.perf_counter() - t_start
+    tiles_run = int(dm.attrs["n_tiles_run"])
+    region = core_region(model, grid)
+    flop_tile = count_flops(model, grid.tile_px, region)
+    flop_untiled_px = count_flops(model, 1024) / 1024**2
+    kept_px = grid.map_shape[0] * grid.map_shape[1] * info.stride**2
+    net_flop = flop_tile * tiles_run
+    out = {
+        "model": f"{args.model} ({N_GENES} genes, stride {info.stride}, untrained decoder)",
+        "region_um": args.region_um,
+        "input_px": side,
+        "margin": str(args.margin),
+        "receptive_field_px": info.receptive_field_px,
+        "margin_px": grid.margin_px,
+        "tile_px": grid.tile_px,
+        "core_px": grid.core_cells * info.stride,
+        "batch_size": args.batch_size,
+        "tiles_in_region": len(grid),
+        "tiles_run": tiles_run,
+        "tiles_empty": int(dm.attrs.get("n_tiles_empty", 0) or 0),
+        **bins,
+        **{f"seconds_{k}": round(v, 2) for k, v in parts.items()},
+        "seconds_map_wait_read": round(timings.get("wait_read", 0.0), 2),
+        "seconds_map_net": round(timings.get("net", 0.0), 2),
+        "seconds_map_wait_write": round(timings.get("wait_write", 0.0), 2),
+        "seconds_sum_of_parts": round(sum(parts.values()), 2),
+        "seconds_total": round(t_total, 2),
+        "seconds_8um_end_to_end": round(t_setup + t_map + parts["aggregate_8um"], 2),
+        "kept_px": kept_px,
+        "computed_px": tiles_run * grid.tile_px**2,
+        "kept_over_computed_px": round(kept_px / (tiles_run * grid.tile_px**2), 4),
+        "flop_per_tile": flop_tile,
+        "flop_per_px_untiled": round(flop_untiled_px, 1),
+        "kept_over_computed_flop": round(kept_px * flop_untiled_px / net_flop, 4),
+        "net_gflop_per_s": round(net_flop / timings["net"] / 1e9, 2),
+        "matmul_gflop_per_s": round(matmul, 2),
+        "peak_rss_mb_after_dense": peak_rss_mb(),
+    }
+    out["net_over_matmul"] = round(out["net_gflop_per_s"] / out["matmul_gflop_per_s"], 4)
+    if str(args.margin) != "exact":
+        out["deviation"] = _deviation(
+            info, slide, grid, info.receptive_field_px, args.deviation_tiles
+        )
+    return out
+
+
+def _setup(args, slide_path: Path):
+    slide = open_image(slide_path)
+    model = create_model(args.model, n_genes=N_GENES).eval()
+    info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(N_GENES)]})
+    margin = info.margin_px(args.margin)  # measures the receptive field (and effective margin)
+    return slide, model, info, margin
+
+
+def bench_patch(args, slide_path: Path, side: int) -> dict:
+    torch.manual_seed(0)
+    model = create_model(args.patch_model, n_genes=N_GENES, pretrained=False).eval()
     meta = {
-        "model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(250)], "kind": "patch",
+        "model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(N_GENES)], "kind": "patch",
         "patch_um": float(model.patch_um), "input_px": int(model.input_px),
     }  # fmt: skip
     info = ModelInfo(model, meta)
-    if args.patch_all:
-        side = int(args.region_um / MODEL_MPP)  # every 8 µm bin of the region
-    else:
-        side = int(round(model.patch_um / MODEL_MPP)) * 4
-    slide = ArrayImage(_he_like(side), mpp=MODEL_MPP)
+    slide = open_image(slide_path)
     bins = grid_bins(side, side, MODEL_MPP, 8.0)
+    n8 = len(bins)
     if not args.patch_all:
-        bins = bins.subset(np.arange(min(args.patch_crops, len(bins))))
+        # a spread-out sample of the region's bins
+        bins = bins.subset(np.linspace(0, n8 - 1, min(args.patch_crops, n8)).astype(np.int64))
     predict_patches(slide, info, bins.subset(np.arange(2)), batch_size=2, progress=False)
-    t0 = time.perf_counter()
-    predict_patches(slide, info, bins, batch_size=args.batch_size * 4, progress=args.patch_all)
-    t_crops = time.perf_counter() - t0
+    a, t_crops = _timed(
+        predict_patches, slide, info, bins, batch_size=args.patch_batch, progress=args.patch_all
+    )
+    assert a.n_obs == len(bins)
     per_crop = t_crops / len(bins)
-    n8 = int(args.region_um / 8) ** 2
-    n2 = int(args.region_um / 2) ** 2
-    if args.patch_all:
-        assert len(bins) == n8, (len(bins), n8)
     return {
-        "model": f"lite0_patch ({model.patch_um:g} µm crops resized to {model.input_px} px)",
+        "model": f"{args.patch_model} ({model.patch_um:g} µm crops, {model.input_px} px input)",
         "crops_timed": len(bins),
-        "seconds_per_crop": round(per_crop, 4),
+        "seconds_crops_timed": round(t_crops, 2),
+        "seconds_per_crop": round(per_crop, 5),
         "bins_8um": n8,
         "seconds_8um_bins": round(t_crops if args.patch_all else per_crop * n8, 1),
-        "bins_2um": n2,
-        "seconds_2um_bins": round(per_crop * n2, 1),
         "extrapolated_8um": not args.patch_all,
-        "extrapolated_2um": True,
-    }
-
-
-def bench_aggregation(args, work: Path) -> dict:
-    g = args.agg_genes
-    n = int(6500 / 2)  # cells of 2 µm (model_mpp 0.5, stride 4)
-    mpp = MODEL_MPP
-    dm = create_dense_map(
-        work / "agg.zarr", map_shape=(n, n), n_channels=g, chunk_cells=512, n_tiles=1,
-        tissue_mask=np.ones((4, 4), bool),
-        attrs={"stride": 4, "model_mpp": mpp, "genes": [f"g{i}" for i in range(g)],
-               "mode": "field", "map_mpp": 2.0, "slide": {"width": n * 4, "height": n * 4,
-               "mpp": mpp}, "normalization": {"scale": 1e4}, "tissue_scale": 4 / (n * 4)},
-    )  # fmt: skip
-    rng = np.random.default_rng(0)
-    for y in range(0, n, 512):
-        for x in range(0, n, 512):
-            h, w = min(512, n - y), min(512, n - x)
-            dm.write(y, x, rng.random((h, w, g), dtype=np.float32))
-    dm.mark_done([0])
-    dm.finalize()
-    dm = open_dense_map(work / "agg.zarr")
-    t0 = time.perf_counter()
-    bins = grid_bins(n * 4, n * 4, mpp, 2.0, tissue=TissueMask(np.ones((4, 4), bool), 4 / (n * 4)))
-    t_bins = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sums, _ = unit_sums(dm, bins, memory_mb=args.memory_mb, progress=False)
-    X = finish_units(sums, "field", g)
-    t_sums = time.perf_counter() - t0
-    del sums, X
-    t0 = time.perf_counter()
-    a = aggregate_units(dm, bins, memory_mb=args.memory_mb, progress=False)
-    t_all = time.perf_counter() - t0
-    return {
-        "area_mm": 6.5,
-        "bins_2um": len(bins),
-        "genes": g,
-        "memory_mb": args.memory_mb,
-        "seconds_make_bins": round(t_bins, 2),
-        "seconds_sums_and_predictions": round(t_sums, 2),
-        "bins_per_second": round(len(bins) / t_sums),
-        "seconds_aggregate_units_with_anndata": round(t_all, 2),
-        "n_obs": int(a.n_obs),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--region-um", type=float, default=4000.0, help="side of the square region")
+    p.add_argument("--region-um", type=float, default=6500.0, help="side of the square region")
     p.add_argument(
-        "--full", action="store_true", help="predict the whole region, then aggregate its bins"
+        "--margin", default="exact", help="exact, effective or px (see --help of predict)"
     )
-    p.add_argument("--dense-tiles", type=int, default=4)
-    p.add_argument("--patch-crops", type=int, default=64)
-    p.add_argument("--patch-all", action="store_true", help="one crop per 8 µm bin of the region")
-    p.add_argument("--tile-px", type=int, default=None, help="default: 1024 px core + margins")
+    p.add_argument("--tile-px", type=int, default=None, help="default: the engine's (2560)")
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--agg-genes", type=int, default=16)
-    p.add_argument("--memory-mb", type=float, default=512.0)
+    p.add_argument("--block-bins", type=int, default=1_000_000, help="bins per AnnData block")
+    p.add_argument("--deviation-tiles", type=int, default=2)
+    p.add_argument("--patch-crops", type=int, default=256)
+    p.add_argument("--patch-batch", type=int, default=32)
+    p.add_argument("--patch-all", action="store_true", help="one crop per 8 µm bin of the region")
+    p.add_argument("--model", default="pixnet_lite0", help="dense model (test_pixnet: checks)")
+    p.add_argument("--patch-model", default="lite0_patch", help="patch baseline (test_patch)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
-    p.add_argument("--skip", default="", help="comma list of dense,patch,aggregation")
+    p.add_argument("--skip", default="", help="comma list of dense,patch")
+    p.add_argument("--workdir", default=None, help="where the slide and map go (then removed)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    skip = set(args.skip.split(","))
-    work = Path(tempfile.mkdtemp(prefix="hexpress_speed_"))
-    out: dict = {"benchmark": "infer_speed", "threads": args.threads, "device": "cpu"}
-    parts = {"aggregation": bench_aggregation, "dense": bench_dense, "patch": bench_patch}
+    skip = set(filter(None, args.skip.split(",")))
+    side = int(round(args.region_um / MODEL_MPP))
+    work = Path(tempfile.mkdtemp(prefix="hexpress_speed_", dir=args.workdir))
+    out: dict = {"benchmark": "infer_speed_region", "threads": args.threads, "device": "cpu"}
     try:
-        for name, run in parts.items():
-            if name not in skip:
-                out[name] = run(args, work)
-                print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+        slide_path, t_write = _timed(_memory_bench().write_slide, work / "region.tif", side)
+        out["seconds_write_slide_untimed_part"] = round(t_write, 1)
+        if "dense" not in skip:
+            out["dense"] = bench_dense(args, work, slide_path, side)
+            print(json.dumps({"dense": out["dense"]}), file=sys.stderr, flush=True)
+        if "patch" not in skip:
+            out["patch"] = bench_patch(args, slide_path, side)
+            print(json.dumps({"patch": out["patch"]}), file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if "dense" in out and "aggregation" in out and not args.full:
-        agg = out["aggregation"]
-        rate = agg["bins_per_second"] * agg["genes"] / 250  # sums scale with channels
-        d = out["dense"]
-        for um in (8, 2):
-            nb = int(args.region_um / um) ** 2
-            d[f"seconds_{um}um_bins"] = round(d["seconds_map_region"] + nb / rate, 1)
-        d["aggregation_note"] = (
-            "bin time = map time + bins / (measured 2 µm bin rate scaled from "
-            f"{agg['genes']} to 250 genes)"
-        )
     if "dense" in out and "patch" in out:
         out["patch_over_dense_8um"] = round(
-            out["patch"]["seconds_8um_bins"] / out["dense"]["seconds_8um_bins"], 1
+            out["patch"]["seconds_8um_bins"] / out["dense"]["seconds_8um_end_to_end"], 2
         )
+    out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out, indent=1, ensure_ascii=False))
 
 

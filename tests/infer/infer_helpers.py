@@ -134,3 +134,36 @@ def write_map(
     from hexpress.infer import open_dense_map
 
     return open_dense_map(path)
+
+
+class SymmetricDense(nn.Module):
+    """A dense model equivariant under the 8 flips/rotations by construction.
+
+    Pointwise convolutions around a depthwise 3x3 convolution whose kernel is symmetric under
+    the dihedral group (centre, edge and corner weights), then an average pool by ``stride``
+    aligned on the input grid. Its map still depends on where things are, so test-time
+    augmentation leaves it unchanged only when every transform is undone correctly.
+    """
+
+    kind = "dense"
+
+    def __init__(self, n_genes: int = 3, stride: int = 4, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.n_genes, self.stride, self.mode = n_genes, stride, "field"
+        self.receptive_field_px = stride + 1
+        self.c1 = nn.Conv2d(3, 6, 1)
+        self.centre = nn.Parameter(torch.randn(6))
+        self.edge = nn.Parameter(torch.randn(6))
+        self.corner = nn.Parameter(torch.randn(6))
+        self.head = nn.Conv2d(6, n_genes, 1)
+
+    def kernel(self) -> torch.Tensor:
+        c, e, k = self.centre, self.edge, self.corner
+        rows = [torch.stack([k, e, k], -1), torch.stack([e, c, e], -1), torch.stack([k, e, k], -1)]
+        return torch.stack(rows, -2)[:, None]  # (6, 1, 3, 3)
+
+    def forward(self, x):
+        x = torch.tanh(self.c1(x * 2 - 1))
+        x = torch.relu(F.conv2d(x, self.kernel(), padding=1, groups=6))
+        return self.head(F.avg_pool2d(x, self.stride, ceil_mode=True))

@@ -107,9 +107,9 @@ def test_killed_run_resumes_and_matches(tmp_path, tiny_model, slide_img, monkeyp
     calls = {"n": 0}
     real = engine_mod.dense_forward
 
-    def crashing(*a, **k):
+    def crashing(*a, **k):  # the CPU runs one tile per call: killed in the 4th batch of 2
         calls["n"] += 1
-        if calls["n"] > 3:
+        if calls["n"] > 6:
             raise RuntimeError("killed")
         return real(*a, **k)
 
@@ -129,7 +129,7 @@ def test_killed_run_resumes_and_matches(tmp_path, tiny_model, slide_img, monkeyp
     monkeypatch.setattr(engine_mod, "dense_forward", counting)
     dm = predict_slide(slide_img, info, tmp_path / "run.zarr", **kw)
     n_tiles = len(dm.tiles_done())
-    assert counted["n"] == math.ceil((n_tiles - 6) / 2)  # only the tiles left
+    assert counted["n"] == n_tiles - 6  # only the tiles left
     vals, _ = dm.read(0, dm.shape[0], 0, dm.shape[1])
     np.testing.assert_array_equal(vals, ref_vals)
 
@@ -170,3 +170,70 @@ def test_tiled_equals_untiled_with_pixnet(tmp_path):
     got, _ = dm.read(0, dm.shape[0], 0, dm.shape[1])
     ref = untiled(model, image, grid.margin_px)
     np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=3e-3, atol=3e-3)
+
+
+def test_margin_settings(tmp_path):
+    from hexpress.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("test_pixnet", n_genes=2, mode="field").eval()
+    info = ModelInfo(model, {"model_mpp": 1.0, "genes": ["a", "b"]})
+    rf = info.receptive_field_px
+    assert info.margin_px("exact") == rf
+    assert info.margin_px("effective") == model.effective_margin_px() <= rf
+    assert info.margin_px(40) == info.margin_px("40") == 40
+    for bad in ("wide", -8):
+        with pytest.raises(ConfigError, match="margin"):
+            info.margin_px(bad)
+    slide = ArrayImage(he_like(100, 90), mpp=1.0)
+    dm = predict_slide(
+        slide, info, tmp_path / "m.zarr", margin=32, tile_px=96, tissue=TissueMask.full(slide),
+        progress=False,
+    )  # fmt: skip
+    assert dm.attrs["tile_grid"]["margin_px"] == 32 and dm.complete
+    # a model without an effective margin falls back to the exact one
+    tiny = TinyDense().eval()
+    assert ModelInfo(tiny, tiny_meta(tiny)).margin_px("effective") == tiny.receptive_field_px
+
+
+def test_pixnet_tiled_map_equals_untiled_pass(tmp_path):
+    """PixNet computes its decoder on each tile's core only; the map is still the exact one."""
+    from hexpress.models import create_model
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = create_model("test_pixnet", n_genes=2, mode="field").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    info = ModelInfo(model, {"model_mpp": 1.0, "genes": ["a", "b"]})
+    image = he_like(150, 170)
+    slide = ArrayImage(image, mpp=1.0)
+    rf = info.receptive_field_px
+    tile = 2 * rf + 64
+    dm = predict_slide(
+        slide, info, tmp_path / "p.zarr", tile_px=tile, batch_size=2,
+        tissue=TissueMask.full(slide), progress=False,
+    )  # fmt: skip
+    grid = make_tile_grid(
+        (150, 170), stride=4, receptive_field_px=rf, tile_px=tile, align_px=info.align_px
+    )
+    assert len(grid) > 4  # several tiles, so core borders are inside the image
+    got, cov = dm.read(0, dm.shape[0], 0, dm.shape[1])
+    ref = untiled(model, image, grid.margin_px)
+    np.testing.assert_allclose(got, ref.astype(np.float16).astype(np.float32), rtol=2e-3, atol=2e-3)
+
+
+def test_default_tiles_share_the_image_out_evenly():
+    from hexpress.infer.tiling import DEFAULT_TILE_PX
+
+    g = make_tile_grid((13000, 13000), stride=4, receptive_field_px=512, align_px=32)
+    # 9 cores of 1472 px cover 13,000 px (9 of 1536 would reach 13,824)
+    assert (g.tile_px, g.margin_px, g.core_cells * 4, g.n_rows) == (2496, 512, 1472, 9)
+    assert g.tile_px <= DEFAULT_TILE_PX and g.n_rows * g.core_cells * 4 >= 13000
+    # a smaller margin keeps more of each tile
+    e = make_tile_grid((13000, 13000), stride=4, receptive_field_px=288, align_px=32)
+    assert len(e) < len(g) and e.tile_px <= DEFAULT_TILE_PX
+    # an image smaller than one core gets one tile just big enough
+    s = make_tile_grid((300, 200), stride=4, receptive_field_px=8, align_px=4)
+    assert len(s) == 1 and s.tile_px == 300 + 2 * 8

@@ -170,3 +170,17 @@ def test_torchrun_rank_takes_every_world_size_th_slide(workdir, tmp_path, monkey
     slides = [workdir / "slide.tif", tmp_path / "b.tif", tmp_path / "c.tif"]
     summaries = predict_slides(slides, info, tmp_path / "o", opts)
     assert [s["slide"] for s in summaries] == [str(tmp_path / "b.tif")]
+
+
+def test_margin_and_precision_options(workdir, monkeypatch, capsys, tmp_path):
+    args = ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
+            "--bins", "16", "--no-tissue-detection"]  # fmt: skip
+    code = run_cli(monkeypatch, *args, "--out", tmp_path / "m", "--margin", "32")
+    assert code == 0
+    dm = open_dense_map(tmp_path / "m" / "slide" / "map.zarr")
+    assert dm.attrs["tile_grid"]["margin_px"] == 32
+    code = run_cli(monkeypatch, *args, "--out", tmp_path / "w", "--margin", "wide")
+    assert code == 2 and "margin" in capsys.readouterr().err
+    code = run_cli(monkeypatch, *args, "--out", tmp_path / "p", "--precision", "bf16")
+    assert code == 2 and "needs a GPU" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "slide" / "map.zarr").exists()  # refused before any work

@@ -111,3 +111,67 @@ def test_bad_arguments():
     model = create_model("test_pixnet")
     with pytest.raises(ConfigError, match=r"\(B, 3, H, W\)"):
         model(torch.rand(1, 4, 32, 32))
+
+
+def _awake_test_pixnet(**kwargs):
+    torch.manual_seed(0)
+    model = create_model("test_pixnet", n_genes=3, **kwargs).eval()
+    with torch.no_grad():  # wake zero-initialised residual branches: every path matters
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize(
+    "region", [(3, 5, 20, 30), (0, 0, 38, 33), (30, 1, 38, 33), (9, 9, 10, 11)]
+)
+def test_region_equals_the_crop_of_the_whole_map(region):
+    model = _awake_test_pixnet()
+    x = torch.rand(2, 3, 150, 131)
+    with torch.no_grad():
+        full = model(x)
+        got = model(x, region=region)
+    y0, x0, y1, x1 = region
+    assert got.shape[-2:] == (y1 - y0, x1 - x0)
+    torch.testing.assert_close(got, full[..., y0:y1, x0:x1], atol=1e-5, rtol=1e-5)
+    # a region that is off by one cell is not the same map: the comparison can fail
+    with torch.no_grad():
+        shifted = model(x, region=(y0, x0 + 1, y1, min(x1 + 1, 33)))
+    w = shifted.shape[-1]
+    assert not torch.allclose(shifted[..., :w], full[..., y0:y1, x0 : x0 + w], atol=1e-4)
+    with pytest.raises(ConfigError, match="region"):
+        model(x, region=(0, 0, 39, 10))
+
+
+def test_dffn_strips_equal_one_pass_and_gradients_use_one_pass(monkeypatch):
+    from hexpress.models.pixnet import DFFN
+
+    model = _awake_test_pixnet(fine_hidden=8)
+    assert model.dffn[0].fc1.out_channels == 8 and model.dffn[1].fc1.out_channels == 32
+    x = torch.rand(1, 3, 128, 96)
+    with torch.no_grad():
+        one = model(x)
+        monkeypatch.setattr(DFFN, "strip_bytes", 1)  # strips of 4 rows
+        calls = []
+        orig = DFFN._block
+        monkeypatch.setattr(
+            DFFN, "_block", lambda self, t: calls.append(t.shape[-2]) or orig(self, t)
+        )
+        strips = model(x)
+    assert max(calls) <= 6 and len(calls) > 8  # really run in strips (4 rows + halo)
+    torch.testing.assert_close(strips, one, atol=1e-6, rtol=1e-6)
+    calls.clear()
+    model(x).sum().backward()  # with autograd: one pass per block
+    assert sorted(calls) == [128 // 16, 128 // 8, 128 // 4]  # each level's whole map
+
+
+def test_effective_margin_is_measured_within_the_receptive_field():
+    from hexpress.models.pixnet import estimate_effective_margin
+
+    model = _awake_test_pixnet()
+    rf, align = model.receptive_field_px, model.reduction
+    loose = estimate_effective_margin(model, tol=0.2)
+    tight = estimate_effective_margin(model, tol=1e-12)
+    assert loose % align == 0 and tight % align == 0
+    assert align <= loose < tight <= rf  # a looser tolerance keeps fewer px
+    assert model.effective_margin_px(0.2) == loose  # cached per tolerance

@@ -73,10 +73,19 @@ def predict(
         None, "--preview", help="Genes to draw over the H&E thumbnail (comma-separated)."
     ),
     tile_px: int | None = typer.Option(
-        None, "--tile-px", help="Tile side in px at model_mpp (default: 1024 + margins)."
+        None, "--tile-px", help="Tile side in px at model_mpp, margins included (default: 2560)."
+    ),
+    margin: str = typer.Option(
+        "exact",
+        "--margin",
+        help="Tile margin: exact (tiled = untiled), effective (measured sensitivity, faster), "
+        "or px.",
     ),
     batch_size: int = typer.Option(2, "--batch-size", help="Tiles (or crops) per batch."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1..."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps..."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto, fp32, bf16 or fp16 (half precisions on GPUs only)."
+    ),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
     no_tissue: bool = typer.Option(
         False, "--no-tissue-detection", help="Predict the whole slide, glass included."
@@ -115,8 +124,10 @@ def predict(
         genes=keep or None,
         preview=drawn,
         tile_px=tile_px,
+        margin=margin,
         batch_size=batch_size,
         device=device,
+        precision=precision,
         tta=tta,
         detect_tissue=not no_tissue,
         overwrite=overwrite,

@@ -23,11 +23,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from hexpress._device import (
+    autocast,
+    autocast_dtype,
+    pin,
+    prepare_model,
+    resolve_device,
+    to_device,
+)
 from hexpress.errors import CheckpointError, ConfigError
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
 from hexpress.infer.tissue import TissueMask, detect_tissue
 from hexpress.io.image import SlideImage
+from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.tta import dense_tta
 
 __all__ = [
     "ModelInfo",
@@ -42,13 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``"auto"``/``None`` -> CUDA when available, else CPU; anything else as given."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -128,6 +131,39 @@ class ModelInfo:
         """Names of the dense map's channels (genes, plus the total in density mode)."""
         return self.genes + ([TOTAL_CHANNEL] if self.mode == "density" else [])
 
+    def margin_px(self, margin: str | int = "exact") -> int:
+        """The tile margin in input px for a ``margin`` setting.
+
+        ``"exact"``: the receptive field (tiled maps equal an untiled pass); ``"effective"``:
+        the measured extent where the model's sensitivity to input falls below 1e-3 of its
+        total (``effective_margin_px`` of the model; the exact margin for models without it);
+        a number: that many px (rounded up to the tile alignment by the grid).
+        """
+        if isinstance(margin, str) and not margin.strip().lstrip("-").isdigit():
+            key = margin.strip().lower()
+            if key == "exact":
+                return self.receptive_field_px
+            if key == "effective":
+                eff = getattr(self.model, "effective_margin_px", None)
+                if eff is None:
+                    log.info("this model has no effective margin; using the exact one")
+                    return self.receptive_field_px
+                return int(eff())
+            raise ConfigError(
+                f"margin must be 'exact', 'effective' or a number of px, got {margin!r}."
+            )
+        px = int(margin)
+        if px < 0:
+            raise ConfigError(f"margin must be >= 0 px, got {px}.")
+        if px < self.receptive_field_px:
+            log.info(
+                "margin of %d px is below the receptive field (%d px): tile borders differ "
+                "slightly from an untiled pass",
+                px,
+                self.receptive_field_px,
+            )
+        return px
+
     @property
     def scale(self) -> float:
         return float(self.normalization.get("scale", 1.0) or 1.0)
@@ -138,29 +174,21 @@ def model_info(checkpoint: Any, *, checkpoint_path: str | Path | None = None) ->
     return ModelInfo(checkpoint.model, checkpoint.meta, checkpoint_path=checkpoint_path)
 
 
-_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
-
-
 def dense_forward(
-    model: torch.nn.Module, batch: torch.Tensor, *, tta: bool = False
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    *,
+    tta: bool = False,
+    region: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """Run a dense model on ``(B, 3, T, T)`` float input in [0, 1]; ``(B, C, T/s, T/s)`` float32.
 
-    With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back. Tiles are
-    square and their side a multiple of the stride, so every transform maps the cell grid onto
-    itself.
+    With ``tta`` the output is the mean over the 8 flips/rotations, each mapped back
+    (:func:`hexpress.models.tta.dense_tta`). Tiles are square and their side a multiple of the
+    stride, so every transform maps the cell grid onto itself. ``region`` (map cells, for models
+    that accept it) computes only those cells.
     """
-    if not tta:
-        return model(batch).float()
-    acc = None
-    for k, flip in _DIHEDRAL:
-        x = torch.flip(batch, dims=(3,)) if flip else batch
-        x = torch.rot90(x, k, dims=(2, 3))
-        y = model(x).float()
-        y = torch.rot90(y, -k, dims=(2, 3))
-        y = torch.flip(y, dims=(3,)) if flip else y
-        acc = y if acc is None else acc + y
-    return acc / len(_DIHEDRAL)
+    return dense_tta(model, batch, n=8 if tta else 1, region=region)
 
 
 def _read_tile(slide: SlideImage, info: ModelInfo, grid: TileGrid, tile: Tile) -> np.ndarray:
@@ -175,6 +203,14 @@ def _tile_has_tissue(tile: Tile, grid: TileGrid, info: ModelInfo, slide, tissue)
     )
 
 
+def core_region(model: torch.nn.Module, grid: TileGrid) -> tuple[int, int, int, int] | None:
+    """The map cells of a tile's core, for models that compute only a region (else ``None``)."""
+    if not getattr(model, "accepts_region", False):
+        return None
+    m, c = grid.margin_px // grid.stride, grid.core_cells
+    return (m, m, m + c, m + c)
+
+
 def predict_tiles(
     slide: SlideImage,
     info: ModelInfo,
@@ -183,44 +219,90 @@ def predict_tiles(
     dense_map: DenseMap,
     *,
     batch_size: int = 8,
-    device: torch.device | None = None,
+    device: torch.device | str | None = None,
+    precision: str = "auto",
     tta: bool = False,
     progress: bool = True,
     on_batch: Callable[[list[Tile]], None] | None = None,
+    timings: dict[str, float] | None = None,
 ) -> int:
     """Predict ``tiles`` batch by batch and write their cores into ``dense_map``.
 
-    Tiles for the next batch are read in a background thread while the model runs.
+    Three stages overlap: a background thread reads (and decodes) the next batch of tiles into
+    pinned memory while the model runs on this one, and another writes the previous batch's
+    cores to the zarr map. The model runs as a copy with its batch norms folded into its
+    convolutions (:func:`hexpress.models.fuse.fold_batchnorms`), in inference mode with
+    channels-last tensors, under
+    autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
+    accept a ``region`` (PixNet) compute their decoder on the core only.
+
+    ``timings``, when given, gets seconds added under ``"wait_read"`` (waiting for tiles),
+    ``"net"`` (the model, outputs back on the host) and ``"wait_write"`` (waiting for the
+    previous batch's write).
 
     Returns:
         the number of tiles run.
     """
     device = resolve_device(device)
-    model = info.model.to(device).eval()
+    model = prepare_model(fold_batchnorms(info.model), device)
+    dtype = autocast_dtype(device, precision)
     m = grid.margin_px // grid.stride
     c = grid.core_cells
+    region = core_region(model, grid)
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
 
-    def load(batch: list[Tile]) -> np.ndarray:
-        return np.stack([_read_tile(slide, info, grid, t) for t in batch])
+    def load(batch: list[Tile]) -> torch.Tensor:
+        return pin(
+            torch.from_numpy(np.stack([_read_tile(slide, info, grid, t) for t in batch])), device
+        )
+
+    def store(batch: list[Tile], core: np.ndarray) -> None:
+        for t, out in zip(batch, core, strict=True):
+            h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
+            dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
+        dense_map.mark_done(t.index for t in batch)
+        if on_batch is not None:
+            on_batch(batch)
 
     bar = tqdm(total=len(tiles), desc="tiles", unit="tile", disable=not progress, leave=False)
-    with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-        pending = pool.submit(load, batches[0]) if batches else None
+    with (
+        ThreadPoolExecutor(max_workers=1) as reader,
+        ThreadPoolExecutor(max_workers=1) as writer,
+        torch.inference_mode(),
+    ):
+        pending = reader.submit(load, batches[0]) if batches else None
+        written = None
+        tm = {"wait_read": 0.0, "net": 0.0, "wait_write": 0.0}
         for bi, batch in enumerate(batches):
+            t0 = time.perf_counter()
             pixels = pending.result()
-            pending = pool.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
-            x = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-            y = dense_forward(model, x, tta=tta)
-            core = y[:, :, m : m + c, m : m + c].permute(0, 2, 3, 1).cpu().numpy()
-            for t, out in zip(batch, core, strict=True):
-                h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
-                dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
-            dense_map.mark_done(t.index for t in batch)
-            if on_batch is not None:
-                on_batch(batch)
+            pending = reader.submit(load, batches[bi + 1]) if bi + 1 < len(batches) else None
+            t1 = time.perf_counter()
+            # NHWC uint8 -> NCHW float in [0, 1], channels-last strides (no copy of the layout)
+            x = to_device(pixels, device).permute(0, 3, 1, 2).float().div_(255.0)
+            with autocast(device, dtype):
+                # the CPU gains nothing from batching big tiles; one at a time bounds memory
+                parts = x.split(1 if device.type == "cpu" else len(x))
+                y = torch.cat([dense_forward(model, p, tta=tta, region=region) for p in parts])
+            if region is None:
+                y = y[:, :, m : m + c, m : m + c]
+            core = y.permute(0, 2, 3, 1).cpu().numpy()
+            t2 = time.perf_counter()
+            if written is not None:
+                written.result()  # at most one batch waits to be written
+            written = writer.submit(store, batch, core)
+            tm["wait_read"] += t1 - t0
+            tm["net"] += t2 - t1
+            tm["wait_write"] += time.perf_counter() - t2
             bar.update(len(batch))
+        t0 = time.perf_counter()
+        if written is not None:
+            written.result()
+        tm["wait_write"] += time.perf_counter() - t0
     bar.close()
+    if timings is not None:
+        for k, v in tm.items():
+            timings[k] = timings.get(k, 0.0) + v
     return len(tiles)
 
 
@@ -265,13 +347,16 @@ def predict_slide(
     map_path: str | Path,
     *,
     tile_px: int | None = None,
+    margin: str | int = "exact",
     batch_size: int = 2,
     device: str | torch.device | None = None,
+    precision: str = "auto",
     tta: bool = False,
     tissue: TissueMask | None = None,
     detect: bool = True,
     progress: bool = True,
     resume: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> DenseMap:
     """Predict the dense map of a whole slide into ``map_path`` (a ``.zarr`` folder).
 
@@ -279,15 +364,19 @@ def predict_slide(
         slide: the slide (any ``mpp``; tiles are read resampled to ``info.model_mpp``).
         info: the dense model and its metadata (:func:`model_info`).
         map_path: where the map goes.
-        tile_px: tile side in input px, margins included (default: a core of 1024 px plus the
-            margins, see :func:`~hexpress.infer.tiling.make_tile_grid`).
+        tile_px: tile side in input px, margins included (default: 2560 px, see
+            :func:`~hexpress.infer.tiling.make_tile_grid`).
+        margin: ``"exact"`` (the receptive field: tiled equals untiled), ``"effective"`` or
+            px (see :meth:`ModelInfo.margin_px`).
         batch_size: tiles per forward pass.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:1"``...
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
         tta: average over the 8 flips/rotations.
         tissue: a tissue mask; default detected on a thumbnail (``detect=True``) or the whole
             slide (``detect=False``).
         progress: show a progress bar over tiles.
         resume: continue an unfinished map of the same slide, checkpoint and tile grid.
+        timings: gets the seconds of each stage (see :func:`predict_tiles`).
 
     Returns:
         the complete :class:`DenseMap`, opened read-only.
@@ -298,13 +387,14 @@ def predict_slide(
             "Patch models predict unit by unit: see hexpress.infer.patch_engine."
         )
     map_path = Path(map_path)
+    autocast_dtype(resolve_device(device), precision)  # a bad device or precision fails first
     if tissue is None:
         tissue = detect_tissue(slide) if detect else TissueMask.full(slide)
     image_shape = slide.shape_at(info.model_mpp)
     grid = make_tile_grid(
         image_shape,
         stride=info.stride,
-        receptive_field_px=info.receptive_field_px,
+        receptive_field_px=info.margin_px(margin),
         tile_px=tile_px,
         align_px=info.align_px,
     )
@@ -359,8 +449,8 @@ def predict_slide(
         int(done.sum()),
     )
     predict_tiles(
-        slide, info, grid, todo, dm, batch_size=batch_size, device=device, tta=tta,
-        progress=progress,
+        slide, info, grid, todo, dm, batch_size=batch_size, device=device, precision=precision,
+        tta=tta, progress=progress, timings=timings,
     )  # fmt: skip
     dm.finalize(
         n_tiles_run=len(todo),

@@ -17,29 +17,26 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hexpress._device import autocast, autocast_dtype, pin, prepare_model, resolve_device, to_device
 from hexpress.errors import CheckpointError
 from hexpress.infer.aggregate_disk import units_to_anndata
-from hexpress.infer.engine import ModelInfo, resolve_device
+from hexpress.infer.engine import ModelInfo
 from hexpress.infer.units import Units
 from hexpress.io.image import SlideImage
+from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.tta import tta_predict
 
 __all__ = ["predict_patches", "patch_forward"]
 
 log = logging.getLogger(__name__)
 
-_DIHEDRAL = [(k, f) for f in (False, True) for k in range(4)]
-
 
 def patch_forward(model: torch.nn.Module, x: torch.Tensor, *, tta: bool = False) -> torch.Tensor:
-    """``(B, 3, h, w)`` in [0, 1] -> ``(B, G)`` float32; mean over 8 flips/rotations with ``tta``."""
-    if not tta:
-        return model(x).float()
-    acc = None
-    for k, flip in _DIHEDRAL:
-        y = torch.rot90(torch.flip(x, dims=(3,)) if flip else x, k, dims=(2, 3))
-        out = model(y).float()
-        acc = out if acc is None else acc + out
-    return acc / len(_DIHEDRAL)
+    """``(B, 3, h, w)`` in [0, 1] -> ``(B, G)`` float32; mean over 8 flips/rotations with ``tta``.
+
+    The transforms are those of :func:`hexpress.models.tta.tta_predict`.
+    """
+    return tta_predict(model, x, n=8 if tta else 1)
 
 
 def predict_patches(
@@ -49,6 +46,7 @@ def predict_patches(
     *,
     batch_size: int = 64,
     device: str | torch.device | None = None,
+    precision: str = "auto",
     tta: bool = False,
     progress: bool = True,
 ) -> ad.AnnData:
@@ -60,6 +58,7 @@ def predict_patches(
         units: units in level-0 px of ``slide``.
         batch_size: crops per forward pass.
         device: ``"auto"``, ``"cpu"``, ``"cuda:0"``...
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
         tta: average over the 8 flips/rotations.
         progress: progress bar over batches.
 
@@ -73,7 +72,8 @@ def predict_patches(
             "incomplete; predict with a dense model or retrain the baseline."
         )
     device = resolve_device(device)
-    model = info.model.to(device).eval()
+    model = prepare_model(fold_batchnorms(info.model), device)
+    dtype = autocast_dtype(device, precision)
     side = max(1, round(float(info.patch_um) / info.model_mpp))
     f_in = slide.mpp / info.model_mpp  # input px per level-0 px
     corners = np.floor(units.centers_px * f_in - side / 2).astype(np.int64)
@@ -83,9 +83,8 @@ def predict_patches(
 
     def load(a: int) -> np.ndarray:
         b = min(n, a + batch_size)
-        return np.stack(
-            [slide.read_at(info.model_mpp, int(x), int(y), side, side) for x, y in corners[a:b]]
-        )
+        crops = [slide.read_at(info.model_mpp, int(x), int(y), side, side) for x, y in corners[a:b]]
+        return pin(torch.from_numpy(np.stack(crops)), device)
 
     bar = tqdm(total=math.ceil(n / batch_size), desc="patches", disable=not progress, leave=False)
     with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
@@ -93,11 +92,12 @@ def predict_patches(
         for i, a in enumerate(starts):
             crops = pending.result()
             pending = pool.submit(load, starts[i + 1]) if i + 1 < len(starts) else None
-            x = torch.from_numpy(crops).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+            x = to_device(crops, device).permute(0, 3, 1, 2).float().div_(255.0)
             if info.input_px and int(info.input_px) != side:
                 size = (int(info.input_px), int(info.input_px))
                 x = F.interpolate(x, size=size, mode="bilinear", antialias=True)
-            y = patch_forward(model, x, tta=tta)
+            with autocast(device, dtype):
+                y = patch_forward(model, x, tta=tta)
             out[a : a + len(crops)] = y.cpu().numpy()
             bar.update(1)
     bar.close()

@@ -58,6 +58,9 @@ class PredictOptions:
         genes: keep only these genes in the outputs (default all).
         preview: genes to draw preview PNGs of.
         tile_px, batch_size, device, tta: inference settings.
+        margin: tile margin, ``"exact"`` (default), ``"effective"`` or px
+            (:meth:`~hexpress.infer.ModelInfo.margin_px`).
+        precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
         detect_tissue: skip tiles without tissue (else predict the whole slide).
         overwrite: replace folders that hold results.
         memory_mb: bound on one aggregation block.
@@ -75,6 +78,8 @@ class PredictOptions:
     genes: Sequence[str] | None = None
     preview: Sequence[str] = ()
     tile_px: int | None = None
+    margin: str | int = "exact"
+    precision: str = "auto"
     batch_size: int = 2
     device: str | None = "auto"
     tta: bool = False
@@ -192,9 +197,9 @@ def predict_one(
     dm = None
     if info.kind == "dense":
         dm = predict_slide(
-            slide, info, out_dir / "map.zarr", tile_px=opts.tile_px, batch_size=opts.batch_size,
-            device=opts.device, tta=opts.tta, tissue=tissue, detect=opts.detect_tissue,
-            progress=opts.progress,
+            slide, info, out_dir / "map.zarr", tile_px=opts.tile_px, margin=opts.margin,
+            batch_size=opts.batch_size, device=opts.device, precision=opts.precision,
+            tta=opts.tta, tissue=tissue, detect=opts.detect_tissue, progress=opts.progress,
         )  # fmt: skip
         files.append("map.zarr")
     t_map = time.perf_counter() - t0
@@ -207,8 +212,8 @@ def predict_one(
             )
         else:
             a = predict_patches(
-                slide, info, u, batch_size=opts.batch_size, device=opts.device, tta=opts.tta,
-                progress=opts.progress,
+                slide, info, u, batch_size=opts.batch_size, device=opts.device,
+                precision=opts.precision, tta=opts.tta, progress=opts.progress,
             )  # fmt: skip
         a = _select_genes(a, opts.genes, "this checkpoint")
         if thumbs is None:  # once per slide: every file gets scanpy's uns["spatial"]

@@ -20,11 +20,16 @@ from dataclasses import dataclass
 
 from hexpress.errors import ConfigError
 
-__all__ = ["Tile", "TileGrid", "make_tile_grid", "DEFAULT_CORE_PX"]
+__all__ = ["Tile", "TileGrid", "make_tile_grid", "DEFAULT_CORE_PX", "DEFAULT_TILE_PX"]
+
+DEFAULT_TILE_PX = 2560
+"""Tile side (margins included) when no tile size is given. Memory grows with the tile side
+(PixNet-Lite0 at 2560 px: about 2.5 GB peak for the process, run one tile at a time on the CPU)
+and the overlap shrinks with it: with a 512 px margin 36 % of the pixels are kept, with 256 px
+64 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either way."""
 
 DEFAULT_CORE_PX = 1024
-"""Kept core of a tile when no tile size is given: large next to the margins, so little work is
-spent on overlap, and small enough for a CPU batch."""
+"""The smallest core a default tile gets (models with margins wider than 768 px)."""
 
 
 @dataclass(frozen=True)
@@ -121,7 +126,9 @@ def make_tile_grid(
         stride: input px per map cell.
         receptive_field_px: the model's receptive field in input px; the margin covers it.
         tile_px: requested tile side in input px; rounded down to a multiple of ``align_px``.
-            Default (``None``): a core of about :data:`DEFAULT_CORE_PX` px plus the margins.
+            Default (``None``): at most :data:`DEFAULT_TILE_PX` (or a core of
+            :data:`DEFAULT_CORE_PX` px plus the margins when that is larger), with the cores
+            shrunk to share the image's longest side out evenly.
         align_px: tile corners fall on multiples of this (default ``stride``); it is rounded up
             to a multiple of ``stride``.
 
@@ -135,7 +142,14 @@ def make_tile_grid(
     align = math.ceil(align / stride) * stride
     margin = math.ceil(max(0, int(receptive_field_px)) / align) * align
     if tile_px is None:
-        tile_px = 2 * margin + max(align, math.ceil(DEFAULT_CORE_PX / align) * align)
+        min_core = max(align, math.ceil(DEFAULT_CORE_PX / align) * align)
+        max_core = max(DEFAULT_TILE_PX, 2 * margin + min_core) - 2 * margin
+        max_core = max(align, max_core // align * align)
+        # as few cores along the longest side as fit, shared out evenly (the last tile would
+        # otherwise be mostly outside the image)
+        longest = max(int(image_shape[0]), int(image_shape[1]), 1)
+        n = math.ceil(longest / max_core)
+        tile_px = 2 * margin + min(max_core, math.ceil(longest / n / align) * align)
     tile = (int(tile_px) // align) * align
     core_px = tile - 2 * margin
     if core_px < align:

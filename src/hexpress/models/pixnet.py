@@ -14,6 +14,10 @@ U-Net-style decoder -> 1x1 head to the genes, kept at the finest decoder stride:
 * head: 1x1 conv to ``n_genes`` ("field") or ``n_genes + 1`` followed by softplus ("density",
   the last channel is the total count density); see :func:`hexpress.models.predict_units`.
 
+``fine_hidden`` (default: ``hidden``) sets the hidden width of the finest level's DFFN alone,
+the block that costs most (with the defaults, 17.0 of the 44.2 kFLOP per input pixel at 250
+genes; hidden 256 there brings the total to 35.7 kFLOP, 128 to 31.5 kFLOP).
+
 The input is padded on the bottom/right with white (the colour the slide reader returns outside
 the slide) to a multiple of the network's total reduction and the map is cropped back, so the map
 has ``ceil(H / stride)`` rows and cell ``(i, j)`` covers input pixels
@@ -36,7 +40,7 @@ from hexpress.models._registry import register_alias, register_model
 from hexpress.models.aggregate import MODES
 from hexpress.models.encoders import create_encoder, encoder_spec
 
-__all__ = ["PixNet", "DFFN", "estimate_receptive_field"]
+__all__ = ["PixNet", "DFFN", "estimate_receptive_field", "estimate_effective_margin"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,15 @@ _PAD_VALUE = 1.0  # white, as read outside the slide
 
 
 class DFFN(nn.Module):
-    """Convolutional two-layer feed-forward block (pre-norm, depthwise 3x3 between the 1x1s)."""
+    """Convolutional two-layer feed-forward block (pre-norm, depthwise 3x3 between the 1x1s).
+
+    Without autograd (inference) on the CPU the block runs in strips of rows with a one-row halo for the
+    depthwise convolution: the same numbers as one pass, but the ``hidden``-wide activations
+    of a strip stay small (memory, cache) instead of spanning the whole map.
+    """
+
+    strip_bytes = 32 << 20
+    """Size of one strip's hidden activation (float32) in inference."""
 
     def __init__(self, width: int, hidden: int) -> None:
         super().__init__()
@@ -54,18 +66,38 @@ class DFFN(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Conv2d(hidden, width, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _block(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.dw(self.fc1(self.norm(x)))))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        rows = max(4, self.strip_bytes // max(1, 4 * b * self.fc1.out_channels * w))
+        if torch.is_grad_enabled() or h <= rows or x.device.type != "cpu":
+            return self._block(x)
+        out = torch.empty(
+            (b, self.fc2.out_channels, h, w), dtype=x.dtype, device=x.device,
+            memory_format=_memory_format(x),
+        )  # fmt: skip
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            a, z = max(0, y0 - 1), min(h, y1 + 1)  # one halo row each side for the 3x3
+            out[:, :, y0:y1] = self._block(x[:, :, a:z])[:, :, y0 - a : y0 - a + (y1 - y0)]
+        return out
 
-def _fit(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Crop or zero-pad ``x`` (bottom/right) to spatial ``shape``."""
-    h, w = shape
-    x = x[..., :h, :w]
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _window(x: torch.Tensor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
+    """``x[..., y0:y1, x0:x1]`` with zeros where the window leaves ``x``."""
+    h, w = x.shape[-2:]
+    a, b, c, d = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    out = x[..., a:c, b:d]
+    pads = (b - x0, x1 - d, a - y0, y1 - c)
+    return F.pad(out, pads) if any(pads) else out
 
 
 class PixNet(nn.Module):
@@ -83,6 +115,7 @@ class PixNet(nn.Module):
 
     kind = "dense"
     closed_form = False
+    accepts_region = True  # forward(x, region=...) computes only those map cells
 
     def __init__(
         self,
@@ -95,6 +128,7 @@ class PixNet(nn.Module):
         out_stride: int = 4,
         width: int = 128,
         hidden: int = 512,
+        fine_hidden: int | None = None,
         delta_init: float = 1.0,
     ) -> None:
         super().__init__()
@@ -133,13 +167,18 @@ class PixNet(nn.Module):
         self.delta = nn.ParameterList(
             nn.Parameter(torch.full((1,), float(delta_init))) for _ in range(n_up)
         )
-        self.dffn = nn.ModuleList(DFFN(width, hidden) for _ in range(n_up))
+        hiddens = [int(fine_hidden or hidden)] + [int(hidden)] * (n_up - 1)
+        self.dffn = nn.ModuleList(DFFN(width, hd) for hd in hiddens)
         self.head = nn.Conv2d(width, self.n_out, 1)
         self._receptive_field_px: int | None = None
+        self._effective_margin: dict[float, int] = {}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, region: tuple[int, int, int, int] | None = None
+    ) -> torch.Tensor:
+        """The map of ``x``, or only its cells ``region = (y0, x0, y1, x1)`` (see :meth:`decode`)."""
         h, w = x.shape[-2:]
-        return self.decode(self.encode(x), (h, w))
+        return self.decode(self.encode(x), (h, w), region=region)
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The pyramid the decoder reads: ``F_l`` of the levels used, finest first.
@@ -164,19 +203,50 @@ class PixNet(nn.Module):
         red = list(self.encoder.feature_info.reduction())
         return [int(red[i]) for i in self.levels]
 
-    def decode(self, feats: list[torch.Tensor], size_px: tuple[int, int]) -> torch.Tensor:
+    def decode(
+        self,
+        feats: list[torch.Tensor],
+        size_px: tuple[int, int],
+        region: tuple[int, int, int, int] | None = None,
+    ) -> torch.Tensor:
         """The map from a pyramid (:meth:`encode`) of an input of ``size_px = (H, W)`` px:
-        ``(B, n_out, ceil(H / stride), ceil(W / stride))``."""
+        ``(B, n_out, ceil(H / stride), ceil(W / stride))``, or only the cells ``region =
+        (y0, x0, y1, x1)``.
+
+        With a region, each decoder level is computed only where the region depends on it
+        (the region grown by the 3x3 halo of every DFFN on the way up), and the result equals
+        the whole map's ``[..., y0:y1, x0:x1]``: tiled inference keeps only a tile's core, so
+        the expensive fine levels skip the margins that only the encoder needs.
+        """
         h, w = size_px
-        d = self.proj[-1](feats[-1])
+        oh, ow = math.ceil(h / self.stride), math.ceil(w / self.stride)
+        if region is None:
+            region = (0, 0, oh, ow)
+        ry0, rx0, ry1, rx1 = (int(v) for v in region)
+        if not (0 <= ry0 < ry1 <= oh and 0 <= rx0 < rx1 <= ow):
+            raise ConfigError(f"region {region} is not inside the {oh} x {ow} map.")
+        # need[k]: cells of level k whose decoder output must be right; comp[k]: where level k
+        # is computed (need grown by the DFFN's 3x3 halo, clipped to the level's map).
+        need, comp = [(ry0, rx0, ry1, rx1)], []
+        for k in range(len(feats) - 1):
+            hk, wk = feats[k].shape[-2:]
+            a, b, c, d = need[k]
+            comp.append((max(a - 1, 0), max(b - 1, 0), min(c + 1, hk), min(d + 1, wk)))
+            a, b, c, d = comp[k]
+            hn, wn = feats[k + 1].shape[-2:]
+            need.append((a // 2, b // 2, min(-(-c // 2), hn), min(-(-d // 2), wn)))
+        d = self.proj[-1](_window(feats[-1], *need[-1]))
         for k in range(len(feats) - 2, -1, -1):
-            f = feats[k]
-            y = _fit(self.up[k](d), f.shape[-2:]) + self.delta[k] * self.proj[k](f)
-            d = y + self.dffn[k](y)
+            (a, b, c, e), (na, nb, _, _) = comp[k], need[k + 1]
+            up = _window(self.up[k](d), a - 2 * na, b - 2 * nb, c - 2 * na, e - 2 * nb)
+            y = up + self.delta[k] * self.proj[k](_window(feats[k], a, b, c, e))
+            y = y + self.dffn[k](y)
+            ny0, nx0, ny1, nx1 = need[k]
+            d = y[..., ny0 - a : ny1 - a, nx0 - b : nx1 - b]
         out = self.head(d)
         if self.mode == "density":
             out = F.softplus(out)
-        return out[..., : math.ceil(h / self.stride), : math.ceil(w / self.stride)]
+        return out
 
     @torch.no_grad()
     def set_output_bias(self, target_mean: torch.Tensor, scale: float | None = None) -> None:
@@ -212,6 +282,15 @@ class PixNet(nn.Module):
         if self._receptive_field_px is None:
             self._receptive_field_px = estimate_receptive_field(self)
         return self._receptive_field_px
+
+    def effective_margin_px(self, tol: float = 1e-3) -> int:
+        """The margin beyond which the input moves a map cell by less than ``tol`` of what moves
+        it (see :func:`estimate_effective_margin`); measured once per ``tol`` with these weights.
+        """
+        tol = float(tol)
+        if tol not in self._effective_margin:
+            self._effective_margin[tol] = estimate_effective_margin(self, tol=tol)
+        return self._effective_margin[tol]
 
 
 def _structural_probe(model: nn.Module) -> nn.Module:
@@ -283,6 +362,58 @@ def estimate_receptive_field(model: nn.Module, *, max_px: int = 4096) -> int:
             break
     margin = max(margins)
     return (math.ceil(margin / align) + 1) * align
+
+
+def _he_canvas(side: int, seed: int = 0) -> torch.Tensor:
+    """A ``(1, 3, side, side)`` H&E-like input: pink stroma, purple nuclei, a little noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pink = torch.tensor([0.89, 0.63, 0.77]).view(3, 1, 1)
+    purple = torch.tensor([0.47, 0.27, 0.63]).view(3, 1, 1)
+    dots = (torch.rand(1, side, side, generator=gen) < 0.02).float()
+    dots = F.max_pool2d(dots[None], 5, stride=1, padding=2)[0]  # nuclei of ~5 px
+    img = pink * (1 - dots) + purple * dots + 0.03 * torch.randn(3, side, side, generator=gen)
+    return img.clamp(0, 1)[None]
+
+
+def estimate_effective_margin(model: nn.Module, *, tol: float = 1e-3, side: int = 1024) -> int:
+    """Input px beyond a cell's block that still matter, with the model's own weights.
+
+    The gradient of a central map cell (all its channels summed) with respect to an H&E-like
+    input (:func:`_he_canvas`) tells how much each input pixel moves it. The margin is the
+    smallest multiple of ``reduction`` such that the pixels farther away (Chebyshev distance
+    from the cell's block) hold less than ``tol`` of the total absolute gradient; it is never
+    more than :attr:`PixNet.receptive_field_px`. This is a first-order measure on one input:
+    the deviation from the exact map that a margin causes is measured on real tiles by
+    ``benchmarks/bench_infer_speed.py`` (``largest_deviation``).
+    """
+    stride = int(model.stride)
+    align = int(getattr(model, "reduction", stride))
+    rf = int(getattr(model, "receptive_field_px", side // 2))
+    side = max(int(side), 2 * rf + 2 * align)
+    side = math.ceil(side / align) * align
+    dev = next(model.parameters()).device
+    x = _he_canvas(side).to(dev).requires_grad_(True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            out = model(x)
+            ci = out.shape[-1] // 2
+            (g,) = torch.autograd.grad(out[0, :, ci, ci].sum(), x)
+    finally:
+        model.train(was_training)
+    g = g.abs().sum(dim=(0, 1)).cpu()
+    y0 = ci * stride
+    idx = torch.arange(side)
+    dist = torch.maximum(y0 - idx, idx - (y0 + stride - 1)).clamp_min(0)
+    dist = torch.maximum(dist[:, None], dist[None, :])
+    # total gradient at each distance, then the share at or beyond each distance
+    per_d = torch.zeros(int(dist.max()) + 2, dtype=torch.float64)
+    per_d.index_add_(0, dist.ravel(), g.ravel().double())
+    tail = per_d.flip(0).cumsum(0).flip(0) / per_d.sum().clamp_min(1e-30)
+    beyond = torch.nonzero(tail[1:] < tol).ravel()  # tail[1:][d] = share beyond distance d
+    d = int(beyond[0]) if len(beyond) else rf
+    return min(rf, (math.ceil(d / align) or 1) * align)
 
 
 # -- registered variants -------------------------------------------------------------------------

@@ -32,6 +32,8 @@ _RGB_FROM_HED = np.array(
 )
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED)
 _MIN_RGB = 1e-6
+_OD_OF_UINT8 = -np.log(np.maximum(np.arange(256, dtype=np.float32) / 255.0, np.float32(_MIN_RGB)))
+"""Optical density ``-log(v / 255)`` of each uint8 value (float32, as computed per pixel)."""
 
 
 @dataclass(frozen=True)
@@ -118,18 +120,27 @@ def colour_jitter(image: np.ndarray, params: AugmentParams) -> np.ndarray:
     Returns:
         ``(H, W, 3)`` float32 in ``[0, 1]``.
     """
-    rgb = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
     turned = params.stain_angles != (0.0, 0.0)
     if params.hed_alpha != (1.0, 1.0, 1.0) or params.hed_beta != (0.0, 0.0, 0.0) or turned:
-        od = -np.log(np.maximum(rgb, _MIN_RGB)).astype(np.float64)
+        if image.dtype == np.uint8:
+            od = _OD_OF_UINT8[image]  # a 256-entry table instead of a log per pixel
+        else:
+            od = -np.log(np.maximum(image.astype(np.float32), np.float32(_MIN_RGB)))
         alpha = np.asarray(params.hed_alpha)
         beta = np.asarray(params.hed_beta)
         remix = _turned_stains(params.stain_angles) if turned else _RGB_FROM_HED
-        # one 3x3 matrix and offset: od -> hed -> jitter -> od
-        mat = _HED_FROM_RGB @ np.diag(alpha) @ remix
-        off = beta @ remix
-        od = od.reshape(-1, 3) @ mat + off
-        rgb = np.exp(-od).reshape(rgb.shape).astype(np.float32)
+        # one 3x3 matrix and offset: od -> hed -> jitter -> od (float32: 7 digits are plenty
+        # for colours that end as 8-bit-like values in [0, 1])
+        mat = (_HED_FROM_RGB @ np.diag(alpha) @ remix).astype(np.float32)
+        off = (beta @ remix).astype(np.float32)
+        od = od.reshape(-1, 3) @ mat
+        od += off
+        np.negative(od, out=od)
+        rgb = np.exp(od, out=od).reshape(image.shape)
+    elif image.dtype == np.uint8:
+        rgb = image.astype(np.float32) / np.float32(255.0)
+    else:
+        rgb = image.astype(np.float32)
     if params.brightness != 1.0:
         rgb = rgb * np.float32(params.brightness)
     if params.saturation != 1.0:

@@ -373,6 +373,8 @@ class RunConfig:
         val_max_units: cap on validation units (a fixed, seeded subset), to bound its cost.
         num_workers: data-loading processes (0: in the training process).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        precision: ``"auto"`` (bfloat16 autocast on GPUs that support it, else float32),
+            ``"fp32"``, ``"bf16"`` or ``"fp16"`` (GPUs only; with loss scaling).
         threads: torch CPU threads (default: torch's choice).
         progress: show a progress bar.
         tensorboard: also log to TensorBoard when it is installed.
@@ -389,14 +391,19 @@ class RunConfig:
     val_max_units: int = 2000
     num_workers: int = 0
     device: str = "auto"
+    precision: str = "auto"
     threads: int | None = None
     progress: bool = True
     tensorboard: bool = True
     feature_cache: str | None = "runs/feature_cache"
 
     def __post_init__(self) -> None:
+        from hexpress._device import PRECISIONS
+
         if self.device not in DEVICES:
             raise _fail("run.device", f"must be one of {DEVICES}, got {self.device!r}.")
+        if self.precision not in PRECISIONS:
+            raise _fail("run.precision", f"must be one of {PRECISIONS}, got {self.precision!r}.")
         for name in ("log_every",):
             if getattr(self, name) < 1:
                 raise _fail(f"run.{name}", f"must be >= 1, got {getattr(self, name)}.")

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hexpress._device import resolve_device  # re-exported: the trainer imports it from here
+
 __all__ = ["DistInfo", "init_distributed", "barrier", "cleanup", "resolve_device"]
 
 log = logging.getLogger(__name__)
@@ -37,19 +39,6 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` -> this process's GPU."""
-    from hexpress.errors import ConfigError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("run.device=cuda but no CUDA device is available; use cpu or auto.")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def init_distributed(device: torch.device) -> DistInfo:

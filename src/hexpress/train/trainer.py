@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hexpress._device import MixedPrecision, loader_kwargs
 from hexpress._files import atomic_path
 from hexpress._files import sha256_file as _sha256
 from hexpress._files import write_file as _atomic_text
@@ -554,6 +555,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     last_loss: float | None = None
     val: dict = {}
     t0 = time.perf_counter()
+    amp = MixedPrecision(device, cfg.run.precision)  # bf16 autocast on GPUs by default
     try:
         for phase, first, end in phases:
             steps = range(max(first, start_step), end)
@@ -574,12 +576,9 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
                 lr = _lr_at(step, cfg, max_steps)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                loss, parts = task.loss(net, batch)
+                loss, parts = task.loss(amp.wrap(net), batch)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.optim.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-                opt.step()
+                amp.step(loss, opt, params, cfg.optim.grad_clip)
                 lv = float(loss.detach())
                 if not math.isfinite(lv):
                     raise ConfigError(
@@ -643,9 +642,8 @@ def _batches(dataset, steps: range, cfg: TrainConfig, device: torch.device) -> I
                 dataset,
                 batch_size=None,
                 sampler=list(steps),
-                num_workers=cfg.run.num_workers,
                 collate_fn=_identity,
-                pin_memory=device.type == "cuda",
+                **loader_kwargs(device, cfg.run.num_workers),
             )
         )
     return (dataset[s] for s in steps)
