@@ -11,7 +11,6 @@ checkpoint and tile grid resumes from there, anything else starts the map again 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +30,7 @@ from hexpress._device import (
     resolve_device,
     to_device,
 )
+from hexpress._files import sha256_file
 from hexpress.errors import CheckpointError, ConfigError
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
 from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
@@ -46,21 +46,11 @@ __all__ = [
     "predict_tiles",
     "resolve_device",
     "dense_forward",
-    "file_sha256",
 ]
 
 log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _get(meta: Any, key: str, default: Any = None) -> Any:
@@ -118,7 +108,7 @@ class ModelInfo:
             "path": str(checkpoint_path) if checkpoint_path is not None else None,
             "sha256": _get(meta, "tensors_sha256")
             or (
-                file_sha256(checkpoint_path)
+                sha256_file(checkpoint_path)
                 if checkpoint_path is not None and Path(checkpoint_path).is_file()
                 else None
             ),
