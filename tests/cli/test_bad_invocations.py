@@ -8,18 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from cli_helpers import run
 
-from hexpress.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE, main
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from hexpress.cli import EXIT_ERROR, EXIT_INTERNAL, EXIT_USAGE
 
 
 @pytest.fixture(scope="module")

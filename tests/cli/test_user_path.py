@@ -6,18 +6,9 @@ import logging
 import numpy as np
 import pytest
 import torch
+from cli_helpers import run
 
-from hexpress.cli import EXIT_ERROR, main
-
-
-def run(argv, capsys) -> tuple[int, str, str]:
-    try:
-        main([str(a) for a in argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from hexpress.cli import EXIT_ERROR
 
 
 @pytest.fixture(scope="module")
