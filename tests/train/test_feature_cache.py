@@ -107,6 +107,22 @@ def test_cached_crops_are_the_encoder_on_the_crop_and_its_context(slides_and_mod
     assert cache.size_bytes() > 0
 
 
+def test_crops_read_from_memory_equal_crops_read_from_disk(slides_and_model, tmp_path):
+    slides, model = slides_and_model
+    cache = _build(model, slides, tmp_path / "c")
+    on_disk = fc.FeatureCache(cache.folders, cache.keys, cache.transforms, memory_bytes=0)
+    r = model.reduction
+    for si in range(len(slides)):
+        for t in cache.transforms:
+            params = AugmentParams(k=t % 4, flip=t >= 4)
+            a = cache.read(si, r, 2 * r, 64, params)
+            b = on_disk.read(si, r, 2 * r, 64, params)
+            for fa, fb in zip(a, b, strict=True):
+                np.testing.assert_array_equal(fa, fb)
+    assert all(isinstance(x, np.ndarray) for x in cache._levels(0, cache.transforms[0]))
+    assert not any(isinstance(x, np.ndarray) for x in on_disk._levels(0, cache.transforms[0]))
+
+
 def test_cached_training_equals_on_the_fly_frozen_training(samples, tmp_path):
     extra = ["optim.phases=[{frozen: 4}]", "optim.batch_size=2"]
     a = train(_cfg(tmp_path / "a", tmp_path / "cache", *extra), samples=samples)

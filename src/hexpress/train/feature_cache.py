@@ -354,6 +354,13 @@ def _encode_tile(model, slide, tile, grid, key, k, flip, arrays, strides, dtype)
 # -- reading --------------------------------------------------------------------------------------
 
 
+IN_MEMORY_BYTES = 4 << 30
+"""Cached pyramids up to this many bytes in all are read into memory on first use (per slide and
+transform, in the order training asks for them); the rest stay on disk. A crop then costs array
+slices instead of a zarr read of every chunk it touches (for a 256 px crop of Lite0's stride 8 /
+16 / 32 levels on 2 busy cores: 0.5 ms instead of 19 ms)."""
+
+
 @dataclass
 class FeatureCache:
     """Cached pyramids of a list of slides, read as training crops (``DenseCropDataset.features``).
@@ -362,21 +369,27 @@ class FeatureCache:
         folders: one cache group per slide, in the dataset's slide order.
         keys: their keys.
         transforms: the transforms cached (a crop drawn with another one is an error).
+        memory_bytes: how many bytes of pyramids to hold in memory (``IN_MEMORY_BYTES``; 0 reads
+            every crop from disk).
     """
 
     folders: list[Path]
     keys: list[dict]
     transforms: list[int]
+    memory_bytes: int = IN_MEMORY_BYTES
 
     def __post_init__(self) -> None:
         self._arrays: dict[tuple[int, int], list] = {}
+        self._in_memory = 0
 
     def __getstate__(self) -> dict:  # loader workers reopen the stores
-        return {"folders": self.folders, "keys": self.keys, "transforms": self.transforms}
+        return {"folders": self.folders, "keys": self.keys, "transforms": self.transforms,
+                "memory_bytes": self.memory_bytes}  # fmt: skip
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._arrays = {}
+        self._in_memory = 0
 
     def _levels(self, si: int, t: int) -> list:
         got = self._arrays.get((si, t))
@@ -390,6 +403,10 @@ class FeatureCache:
                 )
             group = zarr.open_group(str(self.folders[si]), mode="r")
             got = [group[f"t{t}/l{lv}"] for lv in range(len(self.keys[si]["levels"]))]
+            size = sum(math.prod(a.shape) * a.dtype.itemsize for a in got)
+            if self._in_memory + size <= self.memory_bytes:
+                got = [np.asarray(a[:]) for a in got]
+                self._in_memory += size
             self._arrays[(si, t)] = got
         return got
 
