@@ -30,7 +30,6 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from hexpress import _keys as K
@@ -44,7 +43,6 @@ __all__ = [
     "aggregate_units",
     "unit_sums",
     "finish_units",
-    "units_to_anndata",
     "write_h5ad_atomic",
     "PREDICTION_NOTE",
 ]
@@ -275,48 +273,6 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
     return out.astype(np.float32)
 
 
-def units_to_anndata(
-    units: Units,
-    X: np.ndarray,
-    *,
-    genes: list[str],
-    uns: dict,
-    obs: dict[str, np.ndarray] | None = None,
-) -> ad.AnnData:
-    """An AnnData of predictions for ``units``: ``X`` (n, genes), ``obsm["spatial"]``, ``obs``."""
-    ids = units.get_ids()
-    frame = pd.DataFrame(index=pd.Index(ids, dtype=str))
-    frame[K.GEOMETRY] = pd.Categorical.from_codes(
-        np.full(len(units), list(K.GEOMETRIES).index(units.kind), dtype=np.int8),
-        categories=list(K.GEOMETRIES),
-    )
-    frame[K.SIZE_UM] = np.asarray(units.size_um, dtype=np.float64)
-    for k, v in units.obs.items():
-        frame[k] = np.asarray(v)
-    for k, v in (obs or {}).items():
-        frame[k] = np.asarray(v)
-    a = ad.AnnData(X=np.asarray(X, dtype=np.float32), obs=frame, var=pd.DataFrame(index=genes))
-    a.obsm[K.SPATIAL] = np.asarray(units.centers_level0_px, dtype=np.float64)
-    a.uns[K.UNS] = _plain(uns)
-    return a
-
-
-def _plain(value):
-    """A value h5ad can store: ``None`` becomes ``""``, tuples lists, numpy scalars Python."""
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        if items and all(isinstance(v, str) for v in items):
-            return np.asarray(items, dtype=object)
-        return items if any(isinstance(v, dict) for v in items) else np.asarray(items)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def _uns_from_map(dm: DenseMap, units: Units) -> dict:
     attrs = dm.attrs
     return {
@@ -382,8 +338,7 @@ def aggregate_units(
                 len(none),
                 units.name,
             )
-    return units_to_anndata(
-        units,
+    return units.to_anndata(
         X,
         genes=list(dm.genes),
         uns=_uns_from_map(dm, units),

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from hexpress._device import autocast, autocast_dtype, pin, prepare_model, resolve_device, to_device
 from hexpress.errors import CheckpointError
-from hexpress.infer.aggregate_disk import units_to_anndata
 from hexpress.infer.engine import ModelInfo
 from hexpress.infer.units import Units
 from hexpress.io.image import SlideImage
@@ -117,4 +116,4 @@ def predict_patches(
         "geometry_name": units.name,
         "predicted": True,
     }
-    return units_to_anndata(units, out, genes=list(info.genes), uns=uns)
+    return units.to_anndata(out, genes=list(info.genes), uns=uns)
