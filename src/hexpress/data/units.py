@@ -216,6 +216,22 @@ class Units:
         a.uns[K.UNS] = _h5ad_value(uns)
         return a
 
+    def centers_model_px(
+        self,
+        slide_mpp: float,
+        model_mpp: float,
+        origin_px: tuple[float, float] = (0.0, 0.0),
+        *,
+        index=None,
+    ) -> np.ndarray:
+        """``(k, 2)`` centres (x, y) in pixels of the slide resampled to ``model_mpp``.
+
+        Args: as for :meth:`footprints`.
+        """
+        f = _model_px_per_level0_px(slide_mpp, model_mpp)
+        xy = self.centers_level0_px if index is None else self.centers_level0_px[index]
+        return xy * f - np.asarray(origin_px, dtype=np.float64)
+
     def footprints(
         self,
         slide_mpp: float,
@@ -238,17 +254,22 @@ class Units:
         """
         from hexpress.models.aggregate import Footprints
 
-        for value, what in ((slide_mpp, "slide_mpp"), (model_mpp, "model_mpp")):
-            if value is None or not np.isfinite(value) or value <= 0:
-                raise UnitsError(f"{what} must be a positive µm per pixel, got {value!r}.")
+        f = _model_px_per_level0_px(slide_mpp, model_mpp)
         idx = np.arange(len(self)) if index is None else np.arange(len(self))[index]
-        f = float(slide_mpp) / float(model_mpp)  # model px per level-0 px
         origin = np.asarray(origin_px, dtype=np.float64)
-        centers = self.centers_level0_px[idx] * f - origin
+        centers = self.centers_model_px(slide_mpp, model_mpp, origin_px, index=idx)
         polys = None
         if self.kind == K.POLYGON:
             polys = [self.polygons[i] * f - origin for i in idx]
         return Footprints(centers, self.kind, self.size_um[idx] / float(model_mpp), polys)
+
+
+def _model_px_per_level0_px(slide_mpp: float, model_mpp: float) -> float:
+    """The one level-0 px -> model px factor, ``slide_mpp / model_mpp``, both checked."""
+    for value, what in ((slide_mpp, "slide_mpp"), (model_mpp, "model_mpp")):
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise UnitsError(f"{what} must be a positive µm per pixel, got {value!r}.")
+    return float(slide_mpp) / float(model_mpp)
 
 
 def _h5ad_value(value):
