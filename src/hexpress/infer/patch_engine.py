@@ -82,7 +82,10 @@ def predict_patches(
 
     def load(a: int) -> np.ndarray:
         b = min(n, a + batch_size)
-        crops = [slide.read_at(info.model_mpp, int(x), int(y), side, side) for x, y in corners[a:b]]
+        crops = [
+            slide.read_region(int(x), int(y), side, side, mpp=info.model_mpp, units="target")
+            for x, y in corners[a:b]
+        ]
         return pin(torch.from_numpy(np.stack(crops)), device)
 
     bar = tqdm(total=math.ceil(n / batch_size), desc="patches", disable=not progress, leave=False)

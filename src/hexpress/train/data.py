@@ -166,7 +166,7 @@ class SlideData:
             log.info("%s: %d x %d px at %g µm/px, read crop by crop", self.sample_id, w, h, mpp)
             self._view = None
             return
-        self._view = ArrayImage(self.image.read_at(mpp, 0, 0, w, h), mpp)
+        self._view = ArrayImage(self.image.read_region(0, 0, w, h, mpp=mpp, units="target"), mpp)
         # Release the reader (a decoded JPEG can hold the full-resolution pixels): every later
         # read is at this resolution and comes from the copy.
         self.image = self._view
@@ -176,12 +176,6 @@ class SlideData:
     def source(self) -> SlideImage:
         """The image crops are read from: the preloaded copy, else the lazy reader."""
         return self._view if self._view is not None else self.image
-
-    def read_at(self, mpp: float, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``(height, width, 3)`` uint8 from pixel ``(x, y)`` of the slide at ``mpp``."""
-        if self._view is not None and abs(self._view.mpp - mpp) < 1e-9 * mpp:
-            return self._view.read_at(mpp, x, y, width, height)
-        return self.image.read_at(mpp, x, y, width, height)
 
     def read_patch(self, center_um: np.ndarray, patch_um: float, input_px: int) -> np.ndarray:
         """``(input_px, input_px, 3)`` uint8: a ``patch_um`` square centred at ``center_um``."""
@@ -703,7 +697,9 @@ class DenseCropDataset(torch.utils.data.Dataset):
                 feats.append(self.features.read(si, x0, y0, self.crop_px, params))
             else:
                 side = self.crop_px + 2 * c
-                img = slide.read_at(self.model_mpp, x0 - c, y0 - c, side, side)
+                img = slide.image.read_region(
+                    x0 - c, y0 - c, side, side, mpp=self.model_mpp, units="target"
+                )
                 images.append(augment(img, params) if params is not None else img)
             for g, us in enumerate(slide.units):
                 ok = us.train_mask if allowed is None else allowed[ci][g]
