@@ -80,7 +80,7 @@ def _patch_run(model, tta):
     a = predict_patches(slide, ModelInfo(model, meta), bins, batch_size=5, tta=tta, progress=False)
     crops = [
         slide.read_region(int(x) - 12, int(y) - 12, 24, 24, mpp=1.0, units="target")
-        for x, y in bins.centers_px
+        for x, y in bins.centers_level0_px
     ]
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
     return np.asarray(a.X), x

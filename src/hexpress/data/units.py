@@ -24,7 +24,7 @@ import pandas as pd
 from hexpress import _keys as K
 from hexpress.errors import GeometryError, UnitsError
 
-__all__ = ["Units", "geometry_kind"]
+__all__ = ["Units", "geometry_kind", "model_px_per_level0_px"]
 
 
 def geometry_kind(
@@ -90,11 +90,6 @@ class Units:
 
     def __len__(self) -> int:
         return len(self.centers_level0_px)
-
-    @property
-    def centers_px(self) -> np.ndarray:
-        """The earlier name of :attr:`centers_level0_px`."""
-        return self.centers_level0_px
 
     def get_ids(self) -> list[str]:
         if self.ids is not None:
@@ -228,7 +223,7 @@ class Units:
 
         Args: as for :meth:`footprints`.
         """
-        f = _model_px_per_level0_px(slide_mpp, model_mpp)
+        f = model_px_per_level0_px(slide_mpp, model_mpp)
         xy = self.centers_level0_px if index is None else self.centers_level0_px[index]
         return xy * f - np.asarray(origin_px, dtype=np.float64)
 
@@ -254,7 +249,7 @@ class Units:
         """
         from hexpress.models.aggregate import Footprints
 
-        f = _model_px_per_level0_px(slide_mpp, model_mpp)
+        f = model_px_per_level0_px(slide_mpp, model_mpp)
         idx = np.arange(len(self)) if index is None else np.arange(len(self))[index]
         origin = np.asarray(origin_px, dtype=np.float64)
         centers = self.centers_model_px(slide_mpp, model_mpp, origin_px, index=idx)
@@ -264,8 +259,9 @@ class Units:
         return Footprints(centers, self.kind, self.size_um[idx] / float(model_mpp), polys)
 
 
-def _model_px_per_level0_px(slide_mpp: float, model_mpp: float) -> float:
-    """The one level-0 px -> model px factor, ``slide_mpp / model_mpp``, both checked."""
+def model_px_per_level0_px(slide_mpp: float, model_mpp: float) -> float:
+    """Model-input px per level-0 px, ``slide_mpp / model_mpp`` (both checked positive): the one
+    level-0 px -> model px factor (:meth:`Units.centers_model_px`, :meth:`Units.footprints`)."""
     for value, what in ((slide_mpp, "slide_mpp"), (model_mpp, "model_mpp")):
         if value is None or not np.isfinite(value) or value <= 0:
             raise UnitsError(f"{what} must be a positive µm per pixel, got {value!r}.")

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from hexpress import _keys as K
 from hexpress._files import atomic_path
 from hexpress.data.preprocess import normalize_counts
+from hexpress.data.units import model_px_per_level0_px
 from hexpress.errors import ConfigError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
@@ -223,11 +224,11 @@ def unit_sums(
     if units.kind not in K.GEOMETRIES:
         raise ConfigError(f"unit kind must be one of {K.GEOMETRIES}, got {units.kind!r}.")
     s = dm.stride
-    f_in = dm.slide_mpp / dm.model_mpp  # input px per level-0 px
-    centers_in = units.centers_level0_px * f_in  # model-input px
+    centers_in = units.centers_model_px(dm.slide_mpp, dm.model_mpp)
     if units.kind == K.POLYGON:
         ext = max((float(np.ptp(p, axis=0).max()) for p in units.polygons), default=0.0)
-        reach = ext * f_in  # any vertex is within the polygon's extent of its centroid
+        # any vertex is within the polygon's extent of its centroid
+        reach = ext * model_px_per_level0_px(dm.slide_mpp, dm.model_mpp)
     else:
         reach = float(np.max(units.size_um, initial=0.0)) / dm.model_mpp / 2
     halo = int(math.ceil(reach / s)) + 1

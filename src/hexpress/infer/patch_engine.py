@@ -74,8 +74,8 @@ def predict_patches(
     model = prepare_model(fold_batchnorms(info.model), device)
     dtype = autocast_dtype(device, precision)
     side = max(1, round(float(info.patch_um) / info.model_mpp))
-    f_in = slide.mpp / info.model_mpp  # input px per level-0 px
-    corners = np.floor(units.centers_px * f_in - side / 2).astype(np.int64)
+    centers = units.centers_model_px(slide.mpp, info.model_mpp)
+    corners = np.floor(centers - side / 2).astype(np.int64)
     n = len(units)
     out = np.zeros((n, len(info.genes)), dtype=np.float32)
     starts = list(range(0, n, batch_size))
