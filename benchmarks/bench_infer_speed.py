@@ -143,7 +143,9 @@ def _deviation(info: ModelInfo, slide, grid, exact_margin: int, n_tiles: int) ->
             outs = []
             for g in (grid, exact):
                 t = g.tile(i)
-                px = slide.read_at(MODEL_MPP, t.read_x, t.read_y, g.tile_px, g.tile_px)
+                px = slide.read_region(
+                    t.read_x, t.read_y, g.tile_px, g.tile_px, mpp=MODEL_MPP, units="target"
+                )
                 x = torch.from_numpy(px[None]).permute(0, 3, 1, 2).float() / 255
                 region = core_region(model, g)
                 y = dense_forward(model, x, region=region)

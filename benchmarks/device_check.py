@@ -115,7 +115,7 @@ def check_predict(work: Path, gpu: bool, args) -> dict:
     if not gpu:
         return out
     part = min(side, args.compare_px)
-    sub = ArrayImage(slide.read_at(MODEL_MPP, 0, 0, part, part), MODEL_MPP)
+    sub = ArrayImage(slide.read_region(0, 0, part, part, mpp=MODEL_MPP, units="target"), MODEL_MPP)
     ref, t_cpu = _map(sub, info, work / "ref_cpu.zarr", "cpu", "fp32")
     std = float(np.nanstd(ref))
     agree = {"compare_px": part, "seconds_cpu": round(t_cpu, 2), "cpu_map_std": round(std, 4)}

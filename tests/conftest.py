@@ -41,3 +41,20 @@ def real_fixtures_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def small_slide():
+    """A simulated slide, 0.6 mm x 0.6 mm at 0.5 µm/px: about 1,000 cells, 1200 x 1200 px."""
+    from hexpress.sim import SimConfig, simulate
+
+    return simulate(SimConfig(size_mm=0.6, seed=3))
+
+
+@pytest.fixture(scope="session")
+def small_out(small_slide, tmp_path_factory):
+    """``small_slide`` written in every format; returns ``(out_dir, manifest)``."""
+    from hexpress.sim.writers import write_all
+
+    out = tmp_path_factory.mktemp("sim") / "out"
+    return out, write_all(small_slide, out)

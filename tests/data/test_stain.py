@@ -126,8 +126,10 @@ def test_slide_reads_use_one_transform_per_slide():
     # the checkpoint record rebuilds the same normaliser and so the same pixels
     back = StainNormalizer.from_meta(ref.to_meta())
     assert back == ref
-    np.testing.assert_array_equal(stain_normalized(slide, ref.to_meta()).read_at(1.0, 0, 0, 64, 64),
-                                  norm.read_at(1.0, 0, 0, 64, 64))  # fmt: skip
+    np.testing.assert_array_equal(
+        stain_normalized(slide, ref.to_meta()).read_region(0, 0, 64, 64, mpp=1.0, units="target"),
+        norm.read_region(0, 0, 64, 64, mpp=1.0, units="target"),
+    )
     assert stain_normalized(slide, None) is slide
     with pytest.raises(FormatError, match="unknown stain normalisation"):
         stain_normalized(slide, {"method": "reinhard"})

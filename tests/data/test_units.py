@@ -91,3 +91,65 @@ def test_training_refuses_mixed_geometries_through_the_same_check():
                     sample_id="S1", patient_id="P1", technology="visium")  # fmt: skip
     with pytest.raises(DataMismatchError, match="data.geometries"):
         _unit_set(sample, ["g"], 1e4, "spots", 1.0)
+
+
+def test_to_anndata_is_read_back_by_from_anndata():
+    u = Units(
+        name="bins_008um",
+        kind="square",
+        centers_level0_px=np.array([[10.0, 20.0], [30.5, 40.0], [7.0, 1.0]]),
+        size_um=np.array([8.0, 8.0, 8.0]),
+        obs={"array_row": np.array([0, 1, 2])},
+        id_format="s_008um_{:05d}_{:05d}",
+    )
+    u.obs["array_col"] = np.array([4, 5, 6])
+    X = np.arange(6, dtype=np.float64).reshape(3, 2)
+    uns = {"mode": None, "image_size": (4, 5), "genes": ("A", "B"), "mpp": np.float32(0.5)}
+    a = u.to_anndata(X, genes=["A", "B"], uns=uns, obs={"map_coverage": np.array([1, 0.5, 0])})
+    assert list(a.obs_names) == [
+        "s_008um_00000_00004",
+        "s_008um_00001_00005",
+        "s_008um_00002_00006",
+    ]
+    assert a.X.dtype == np.float32 and list(a.var_names) == ["A", "B"]
+    np.testing.assert_array_equal(a.X, X.astype(np.float32))
+    assert list(a.obs[K.GEOMETRY].cat.categories) == list(K.GEOMETRIES)
+    assert list(a.obs.columns) == [K.GEOMETRY, K.SIZE_UM, "array_row", "array_col", "map_coverage"]
+    np.testing.assert_allclose(a.obs["map_coverage"], [1, 0.5, 0])
+    hx = a.uns[K.UNS]  # made storable: None -> "", tuples -> arrays, numpy scalars -> Python
+    assert hx["mode"] == "" and list(hx["image_size"]) == [4, 5] and list(hx["genes"]) == ["A", "B"]
+    assert type(hx["mpp"]) is float
+    back = Units.from_anndata(a, name="bins_008um")
+    assert back.kind == "square" and back.get_ids() == u.get_ids()
+    np.testing.assert_allclose(back.centers_level0_px, u.centers_level0_px)
+    np.testing.assert_allclose(back.size_um, u.size_um)
+
+
+def test_to_anndata_survives_an_h5ad_round_trip(tmp_path):
+    u = Units.from_anndata(_adata(["disc", "disc"]), name="spots")
+    uns = {"model": {"name": "m", "kwargs": {"a": None, "b": [1, 2]}}, "predicted": True}
+    u.to_anndata(np.ones((2, 1)), genes=["G"], uns=uns).write_h5ad(tmp_path / "p.h5ad")
+    back = ad.read_h5ad(tmp_path / "p.h5ad")
+    assert back.uns[K.UNS]["model"]["kwargs"]["a"] == ""
+    again = Units.from_anndata(back, name="spots")
+    assert again.kind == "disc" and again.get_ids() == ["u0", "u1"]
+    np.testing.assert_allclose(again.footprints(0.5, 1.0).size_px, [55.0, 55.0])
+
+
+def test_units_from_anndata_takes_the_size_from_obs_the_argument_or_scanpy():
+    from hexpress.infer.units import units_from_anndata
+
+    a = _adata(["disc", "disc"], size_um=None)
+    del a.obs[K.GEOMETRY]  # discs when the geometry is not recorded
+    with pytest.raises(UnitsError, match="--spot-diameter-um"):
+        units_from_anndata(a, mpp=0.5)
+    np.testing.assert_allclose(units_from_anndata(a, mpp=0.5, diameter_um=20).size_um, [20, 20])
+    a.uns["spatial"] = {"lib": {"scalefactors": {"spot_diameter_fullres": 110.0}}}
+    u = units_from_anndata(a, mpp=0.5, name="visium")
+    assert u.kind == "disc" and u.name == "visium" and u.get_ids() == ["u0", "u1"]
+    np.testing.assert_allclose(u.size_um, [55.0, 55.0])  # 110 full-res px at 0.5 µm/px
+    b = _adata(["square", "square"], size_um=(8.0, -1.0))
+    with pytest.raises(UnitsError, match="positive"):
+        units_from_anndata(b, mpp=0.5)
+    with pytest.raises(FormatError, match="obsm"):
+        units_from_anndata(ad.AnnData(np.ones((1, 1), np.float32)), mpp=0.5)

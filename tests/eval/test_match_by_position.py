@@ -36,38 +36,3 @@ def test_shared_ids_are_kept_and_no_match_is_an_error():
         match_by_position(truth, far)
     two = _units([[101, 100], [110, 100]], ["p", "q"], mpp=1.0)  # both near A: nearest wins
     assert list(match_by_position(truth, two).obs_names) == ["A", "q"]
-
-
-def test_evaluate_truth_format_reads_a_visium_folder(tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    from typer.testing import CliRunner
-
-    from hexpress.cli import app
-    from hexpress.data.preprocess import normalize
-    from hexpress.io import read_visium
-
-    spec = importlib.util.spec_from_file_location(
-        "io_builders", Path(__file__).parents[1] / "io" / "conftest.py"
-    )
-    builders = sys.modules.get("io_builders") or importlib.util.module_from_spec(spec)
-    if "io_builders" not in sys.modules:
-        sys.modules["io_builders"] = builders
-        spec.loader.exec_module(builders)
-    t = builders.make_visium(tmp_path / "run", n=30, off_tissue=0)
-    s = read_visium(t.root)
-    pred = normalize(s.adata, scale=1e4)  # a perfect prediction, under other unit ids
-    pred.obs_names = [f"spot{i}" for i in range(pred.n_obs)]
-    pred.write_h5ad(tmp_path / "pred.h5ad")
-    r = CliRunner().invoke(
-        app,
-        ["evaluate", str(tmp_path / "pred.h5ad"), "--truth", str(t.root), "--truth-format",
-         "visium", "--json"],
-    )  # fmt: skip
-    assert r.exit_code == 0, r.output
-    import json
-
-    doc = json.loads(r.stdout)
-    assert doc["metrics"]["n_units"] == 30 and doc["metrics"]["PCC@M"] == pytest.approx(1.0)

@@ -1,8 +1,13 @@
-"""A tiny stand-in dense model and an H&E-like image for the inference tests."""
+"""A tiny stand-in dense model, an H&E-like image and a prediction's inputs for the inference
+tests (and the command-line tests of ``hexpress predict``)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -167,3 +172,34 @@ class SymmetricDense(nn.Module):
         x = torch.tanh(self.c1(x * 2 - 1))
         x = torch.relu(F.conv2d(x, self.kernel(), padding=1, groups=6))
         return self.head(F.avg_pool2d(x, self.stride, ceil_mode=True))
+
+
+def write_predict_inputs(d: Path) -> Path:
+    """In ``d``: a slide (``slide.tif``, 400 x 300 px at mpp 0.5), a ``test_pixnet`` checkpoint at
+    model_mpp 1.0 (``ckpt/model``, genes A, B, C), three spots (``spots.csv``, one off the slide)
+    and two cells (``cells.geojson``, level-0 px)."""
+    from hexpress.io import write_tiff
+    from hexpress.models import create_model, save_checkpoint
+
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = create_model("test_pixnet", n_genes=3)
+    save_checkpoint(
+        d / "ckpt" / "model", model, model_name="test_pixnet", model_kwargs={"n_genes": 3},
+        model_mpp=1.0, genes=["A", "B", "C"], normalization={"method": "log1p", "scale": 1e4},
+    )  # fmt: skip
+    write_tiff(d / "slide.tif", he_like(300, 400), mpp=0.5, tile=128, min_level_side=128)
+    pd.DataFrame(
+        {"x": [200.0, 100.0, 5000.0], "y": [150.0, 100.0, 20.0], "diameter_um": 55.0}
+    ).to_csv(d / "spots.csv", index=False)
+    cells = {
+        "type": "FeatureCollection",
+        "features": [
+            {"type": "Feature", "id": "cell1", "geometry": {"type": "Polygon", "coordinates": [
+                [[190, 140], [215, 140], [215, 160], [190, 162], [190, 140]]]}},
+            {"type": "Feature", "id": "cell2", "geometry": {"type": "Polygon", "coordinates": [
+                [[100, 90], [110, 90], [105, 99]]]}},
+        ],
+    }  # fmt: skip
+    (d / "cells.geojson").write_text(json.dumps(cells))
+    return d

@@ -78,7 +78,10 @@ def _patch_run(model, tta):
     meta = {"model_mpp": 1.0, "genes": list("abcd"), "kind": "patch", "patch_um": 24.0}
     bins = grid_bins(120, 120, 1.0, 30.0)
     a = predict_patches(slide, ModelInfo(model, meta), bins, batch_size=5, tta=tta, progress=False)
-    crops = [slide.read_at(1.0, int(x) - 12, int(y) - 12, 24, 24) for x, y in bins.centers_px]
+    crops = [
+        slide.read_region(int(x) - 12, int(y) - 12, 24, 24, mpp=1.0, units="target")
+        for x, y in bins.centers_level0_px
+    ]
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
     return np.asarray(a.X), x
 

@@ -194,7 +194,7 @@ def test_sr4_cells_go_through_train_predict_and_evaluate(tmp_path):
     cells = read_cells(tmp_path / "run/outs/segmented_outputs/cell_segmentations.geojson", mpp=0.25)
     pred = ad.AnnData(X=np.zeros((3, 3), np.float32))
     pred.obs_names = [str(i) for i in cells.get_ids()]
-    pred.obsm["spatial"] = cells.centers_px
+    pred.obsm["spatial"] = cells.centers_level0_px
     pred.uns["hexpress"] = {"mpp": 0.25}
     # ... and evaluate pairs them with the measured cells by position (truth on the hires PNG)
     assert list(match_by_position(s.adata, pred).obs_names) == barcodes

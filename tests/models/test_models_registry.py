@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -71,26 +69,6 @@ def test_ridge_and_mean_baselines_fit_in_closed_form(rng):
     assert corr > 0.9
     mean = create_model("mean_baseline", n_genes=3).fit(y)
     torch.testing.assert_close(mean(x[:2]), y.mean(0).expand(2, -1))
-
-
-def test_models_cli_lists_models_and_weights():
-    from typer.testing import CliRunner
-
-    from hexpress.cli import app
-
-    res = CliRunner().invoke(app, ["models", "--json"])
-    assert res.exit_code == 0, res.output
-    data = json.loads(res.output)
-    rows = {r["name"]: r for r in data["models"]}
-    assert rows["pixnet"]["kind"] == "dense" and rows["pixnet"]["pretrained_available"]
-    enc = {r["name"]: r for r in data["encoders"]}
-    assert enc["tf_efficientnet_lite0"]["pretrained_available"] is True
-    assert enc["resnet18"]["pretrained_available"] is False
-    table = CliRunner().invoke(app, ["models"])
-    assert table.exit_code == 0 and "pixnet" in table.output and "yes" in table.output
-    assert "test_pixnet" not in table.output  # the test suite's tiny models: only with --all
-    table = CliRunner().invoke(app, ["models", "--all"])
-    assert table.exit_code == 0 and "test_pixnet" in table.output
 
 
 def test_old_name_is_an_alias_not_a_second_model():

@@ -83,6 +83,37 @@ def test_crop_units_coverage_rule(samples):
     assert len(idx_none) == 0
 
 
+@pytest.mark.parametrize("geometry", ["disc", "square"])
+def test_crop_weights_are_those_of_units_footprints(geometry):
+    """Training places units on a crop with Units.footprints, the conversion prediction uses:
+    level-0 px of a 0.5 µm/px slide -> px of the 1 µm/px crop, minus the crop's corner."""
+    from hexpress.data import Units
+    from hexpress.models import footprint_weights
+
+    kw = dict(size_px=320, mpp=0.5, spot_um=20.0, pitch_um=25.0, geometry=geometry)
+    s1, s2 = (synthetic_slide(i, sample_id=f"S{i}", **kw)[1] for i in (1, 2))
+    us = _data({"S1": s1, "S2": s2}).train[0].units[0]
+    units = Units.from_anndata(s1.adata)
+    x0, y0 = 6, 7  # crop corner, px of the slide at model_mpp = 1 µm/px
+    allowed = np.ones(len(us), bool)
+    idx, w = crop_units(us, allowed, x0, y0, 64, model_mpp=1.0, stride=4, min_coverage=0.9)
+    c = units.centers_level0_px * 0.5  # model px = level-0 px * 0.5 / 1.0
+    inside = (c[:, 0] >= x0) & (c[:, 0] < x0 + 64) & (c[:, 1] >= y0) & (c[:, 1] < y0 + 64)
+    fp = units.footprints(0.5, 1.0, (x0, y0), index=inside)
+    want, coverage = footprint_weights(fp, (16, 16), 4, return_coverage=True)
+    keep = coverage >= 0.9
+    assert 2 < keep.sum() < inside.sum()  # some units cut by the crop edge are dropped
+    np.testing.assert_array_equal(idx, np.flatnonzero(inside)[keep])
+    np.testing.assert_array_equal(w.toarray(), want[keep].toarray())
+    # the footprints follow a D4 augmentation of the crop: its weights are the turned maps
+    k, flip = 1, True
+    idx_aug, w_aug = crop_units(us, allowed, x0, y0, 64, model_mpp=1.0, stride=4,
+                                min_coverage=0.9, params=AugmentParams(k=k, flip=flip))  # fmt: skip
+    np.testing.assert_array_equal(idx_aug, idx)
+    turned = [d4_image(row.reshape(16, 16), k, flip).ravel() for row in want[keep].toarray()]
+    np.testing.assert_allclose(w_aug.toarray(), np.stack(turned))
+
+
 def _dense(data, **kw):
     args = dict(crop_px=64, model_mpp=1.0, stride=4, batch_size=3, seed=0, augment=AugmentConfig())
     args.update(kw)

@@ -143,36 +143,6 @@ def test_several_geometries_train(tmp_path):
     assert res.val["bins"]["n_units"] > res.val["spots"]["n_units"] > 0
 
 
-def _run_cli(args, monkeypatch, capsys):
-    from hexpress.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["hexpress", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def test_cli_train_from_disk(tmp_path, monkeypatch, capsys):
-    root = write_legacy_st(tmp_path / "st")
-    out = tmp_path / "run"
-    args = ["train", str(SMOKE), f"data.root={root}", "data.train=[S1]", "data.val=[S2]",
-            "run.progress=false", "--max-steps", "2", "--out", str(out)]  # fmt: skip
-    code, stdout, stderr = _run_cli(args, monkeypatch, capsys)
-    assert code == 0, stderr
-    assert f"Run folder: {out}" in stdout and "validation [units]" in stdout
-    assert load_checkpoint(out / "model.json").meta["extra"]["step"] == 2
-    code, _, stderr = _run_cli(args, monkeypatch, capsys)  # a run is there: refuse, say how
-    assert code == 1 and "--resume" in stderr
-    code, stdout, _ = _run_cli([*args, "--resume", "--max-steps", "3"], monkeypatch, capsys)
-    assert code == 0 and "steps: 3 (started at 2)" in stdout
-    code, _, stderr = _run_cli([*args[:-4], "optim.bogus=1"], monkeypatch, capsys)
-    assert code == 1 and "valid keys of optim" in stderr
-
-
 def _free_port() -> int:
     """A port no other run holds now (a fixed one collides when two suites run at once)."""
     with socket.socket() as s:

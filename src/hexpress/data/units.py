@@ -3,8 +3,9 @@
 A :class:`Units` set has one geometry kind (``"disc"``, ``"square"`` or ``"polygon"``), centres in
 **level-0 pixels** of its slide (``centers_level0_px``), sizes in **µm** (disc diameter, square
 side) and, for polygons, vertices in level-0 px. It reads itself from an AnnData laid out as
-hexpress writes one (:meth:`Units.from_anndata`) and gives the footprints a model's output map is
-summed over, in pixels of the model input (:meth:`Units.footprints`, ``centers_model_px``)::
+hexpress writes one (:meth:`Units.from_anndata`), writes itself with per-unit values into one
+(:meth:`Units.to_anndata`: predictions) and gives the footprints a model's output map is summed
+over, in pixels of the model input (:meth:`Units.footprints`, ``centers_model_px``)::
 
     model px = level-0 px * slide_mpp / model_mpp - origin_px
 
@@ -16,12 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 
 from hexpress import _keys as K
 from hexpress.errors import GeometryError, UnitsError
 
-__all__ = ["Units", "geometry_kind"]
+__all__ = ["Units", "geometry_kind", "model_px_per_level0_px"]
 
 
 def geometry_kind(
@@ -87,11 +90,6 @@ class Units:
 
     def __len__(self) -> int:
         return len(self.centers_level0_px)
-
-    @property
-    def centers_px(self) -> np.ndarray:
-        """The earlier name of :attr:`centers_level0_px`."""
-        return self.centers_level0_px
 
     def get_ids(self) -> list[str]:
         if self.ids is not None:
@@ -175,6 +173,60 @@ class Units:
             name=name, kind=kind, centers_level0_px=xy, size_um=size, ids=ids, polygons=polys
         )
 
+    def to_anndata(
+        self,
+        X: np.ndarray,
+        *,
+        genes: Sequence[str],
+        uns: dict,
+        obs: dict[str, np.ndarray] | None = None,
+    ) -> ad.AnnData:
+        """An AnnData of per-unit values (predictions) laid out as :meth:`from_anndata` reads.
+
+        Args:
+            X: ``(n, len(genes))`` values, stored as float32.
+            genes: the variable names.
+            uns: stored as ``uns["hexpress"]`` (``None`` becomes ``""``, tuples lists, numpy
+                scalars Python values, so that h5ad can write it).
+            obs: extra per-unit columns, after :attr:`obs`.
+
+        Returns:
+            AnnData with ``obs_names`` the unit ids (:meth:`get_ids`), ``obs["geometry"]``
+            (categorical over every geometry kind), ``obs["size_um"]``, the :attr:`obs` columns
+            and ``obs``, and ``obsm["spatial"]`` the centres in level-0 px. Polygon vertices are
+            not stored.
+        """
+        frame = pd.DataFrame(index=pd.Index(self.get_ids(), dtype=str))
+        frame[K.GEOMETRY] = pd.Categorical.from_codes(
+            np.full(len(self), list(K.GEOMETRIES).index(self.kind), dtype=np.int8),
+            categories=list(K.GEOMETRIES),
+        )
+        frame[K.SIZE_UM] = np.asarray(self.size_um, dtype=np.float64)
+        for k, v in {**self.obs, **(obs or {})}.items():
+            frame[k] = np.asarray(v)
+        a = ad.AnnData(
+            X=np.asarray(X, dtype=np.float32), obs=frame, var=pd.DataFrame(index=list(genes))
+        )
+        a.obsm[K.SPATIAL] = np.asarray(self.centers_level0_px, dtype=np.float64)
+        a.uns[K.UNS] = _h5ad_value(uns)
+        return a
+
+    def centers_model_px(
+        self,
+        slide_mpp: float,
+        model_mpp: float,
+        origin_px: tuple[float, float] = (0.0, 0.0),
+        *,
+        index=None,
+    ) -> np.ndarray:
+        """``(k, 2)`` centres (x, y) in pixels of the slide resampled to ``model_mpp``.
+
+        Args: as for :meth:`footprints`.
+        """
+        f = model_px_per_level0_px(slide_mpp, model_mpp)
+        xy = self.centers_level0_px if index is None else self.centers_level0_px[index]
+        return xy * f - np.asarray(origin_px, dtype=np.float64)
+
     def footprints(
         self,
         slide_mpp: float,
@@ -197,14 +249,36 @@ class Units:
         """
         from hexpress.models.aggregate import Footprints
 
-        for value, what in ((slide_mpp, "slide_mpp"), (model_mpp, "model_mpp")):
-            if value is None or not np.isfinite(value) or value <= 0:
-                raise UnitsError(f"{what} must be a positive µm per pixel, got {value!r}.")
+        f = model_px_per_level0_px(slide_mpp, model_mpp)
         idx = np.arange(len(self)) if index is None else np.arange(len(self))[index]
-        f = float(slide_mpp) / float(model_mpp)  # model px per level-0 px
         origin = np.asarray(origin_px, dtype=np.float64)
-        centers = self.centers_level0_px[idx] * f - origin
+        centers = self.centers_model_px(slide_mpp, model_mpp, origin_px, index=idx)
         polys = None
         if self.kind == K.POLYGON:
             polys = [self.polygons[i] * f - origin for i in idx]
         return Footprints(centers, self.kind, self.size_um[idx] / float(model_mpp), polys)
+
+
+def model_px_per_level0_px(slide_mpp: float, model_mpp: float) -> float:
+    """Model-input px per level-0 px, ``slide_mpp / model_mpp`` (both checked positive): the one
+    level-0 px -> model px factor (:meth:`Units.centers_model_px`, :meth:`Units.footprints`)."""
+    for value, what in ((slide_mpp, "slide_mpp"), (model_mpp, "model_mpp")):
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise UnitsError(f"{what} must be a positive µm per pixel, got {value!r}.")
+    return float(slide_mpp) / float(model_mpp)
+
+
+def _h5ad_value(value):
+    """A value h5ad can store: ``None`` becomes ``""``, tuples lists, numpy scalars Python."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return {str(k): _h5ad_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_h5ad_value(v) for v in value]
+        if items and all(isinstance(v, str) for v in items):
+            return np.asarray(items, dtype=object)
+        return items if any(isinstance(v, dict) for v in items) else np.asarray(items)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

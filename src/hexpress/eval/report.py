@@ -336,7 +336,29 @@ def compute_report(
     notes: Sequence[str] = (),
 ) -> ReportData:
     """The numbers of a report: tables, Moran's I, predictability, per-gene values and what the
-    maps show. Arguments as in :func:`write_report`; nothing is written."""
+    maps show; nothing is written (:func:`render_report` writes them).
+
+    Args:
+        results: one :class:`MethodResult` per method, all evaluated on the same genes.
+        title: page title.
+        config: run configuration shown in the report (folds, genes, seeds...).
+        truths: section id -> measured units, **normalised** like the predictions, with
+            ``obsm["spatial"]``: used for the maps and, unless ``morans`` is given, Moran's I.
+        images: section id -> slide image (:class:`~hexpress.io.image.SlideImage`) under the maps.
+        map_genes: genes to map (default the 3 with the highest PCC of the first method).
+        map_sections: sections to map (default every section with a truth and a prediction).
+        gene_sets: set name -> genes, summarised per method (see
+            :func:`~hexpress.eval.genesets.evaluate_gene_sets`).
+        morans: section id -> Moran's I table (:func:`~hexpress.eval.spatial.morans_i`).
+        scale_truths: cross-scale label -> measured units (raw counts or normalised) matching
+            :attr:`MethodResult.scale_predictions`; square bins of 8 µm and more are mapped.
+        aggregation: how sections combine in ``results.csv`` (see
+            :func:`~hexpress.eval.metrics.aggregate`).
+        notes: lines shown at the top of the report (e.g. how the truth was normalised).
+
+    Returns:
+        :class:`ReportData`.
+    """
     from hexpress.eval.genesets import evaluate_gene_sets
     from hexpress.eval.spatial import predictability, spatial_autocorrelation
 
@@ -468,18 +490,8 @@ def write_report(
     out_dir: str | Path,
     results: Sequence[MethodResult],
     *,
-    title: str = "hexpress evaluation",
-    config: Mapping | None = None,
-    truths: Mapping | None = None,
-    images: Mapping | None = None,
-    map_genes: Sequence[str] | None = None,
-    map_sections: Sequence[str] | None = None,
-    gene_sets: Mapping[str, Sequence[str]] | None = None,
-    morans: Mapping[str, pd.DataFrame] | None = None,
-    scale_truths: Mapping | None = None,
-    aggregation: str = "mean",
-    notes: Sequence[str] = (),
     overwrite: bool = False,
+    **options,
 ) -> dict[str, Path]:
     """Write the tables, per-gene JSON, figures and HTML report of a run
     (:func:`compute_report`, then :func:`render_report`).
@@ -487,22 +499,10 @@ def write_report(
     Args:
         out_dir: output folder (created).
         results: one :class:`MethodResult` per method, all evaluated on the same genes.
-        title: page title.
-        config: run configuration shown in the report (folds, genes, seeds...).
-        truths: section id -> measured units, **normalised** like the predictions, with
-            ``obsm["spatial"]``: used for the maps and, unless ``morans`` is given, Moran's I.
-        images: section id -> slide image (:class:`~hexpress.io.image.SlideImage`) under the maps.
-        map_genes: genes to map (default the 3 with the highest PCC of the first method).
-        map_sections: sections to map (default every section with a truth and a prediction).
-        gene_sets: set name -> genes, summarised per method (see
-            :func:`~hexpress.eval.genesets.evaluate_gene_sets`).
-        morans: section id -> Moran's I table (:func:`~hexpress.eval.spatial.morans_i`).
-        scale_truths: cross-scale label -> measured units (raw counts or normalised) matching
-            :attr:`MethodResult.scale_predictions`; square bins of 8 µm and more are mapped.
-        aggregation: how sections combine in ``results.csv`` (see
-            :func:`~hexpress.eval.metrics.aggregate`).
-        notes: lines shown at the top of the report (e.g. how the truth was normalised).
         overwrite: replace an existing report in ``out_dir``.
+        **options: what the report holds, as for :func:`compute_report` (``title``,
+            ``config``, ``truths``, ``images``, ``map_genes``, ``map_sections``, ``gene_sets``,
+            ``morans``, ``scale_truths``, ``aggregation``, ``notes``).
 
     Returns:
         Name -> path of every file written.
@@ -513,12 +513,7 @@ def write_report(
             f"{out} already holds a report (report.html); choose another folder or pass "
             "--overwrite (overwrite=True)."
         )
-    data = compute_report(
-        results, title=title, config=config, truths=truths, images=images,
-        map_genes=map_genes, map_sections=map_sections, gene_sets=gene_sets, morans=morans,
-        scale_truths=scale_truths, aggregation=aggregation, notes=notes,
-    )  # fmt: skip
-    return render_report(data, out)
+    return render_report(compute_report(results, **options), out)
 
 
 def render_report(data: ReportData, out_dir: str | Path) -> dict[str, Path]:

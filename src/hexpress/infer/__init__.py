@@ -4,7 +4,6 @@ from hexpress.infer.aggregate_disk import (
     aggregate_units,
     finish_units,
     unit_sums,
-    units_to_anndata,
     write_h5ad_atomic,
 )
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
@@ -52,7 +51,6 @@ __all__ = [
     "resolve_device",
     "unit_sums",
     "units_from_anndata",
-    "units_to_anndata",
     "write_h5ad_atomic",
     "write_previews",
 ]

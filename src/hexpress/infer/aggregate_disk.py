@@ -30,12 +30,12 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 from tqdm.auto import tqdm
 
 from hexpress import _keys as K
 from hexpress._files import atomic_path
 from hexpress.data.preprocess import normalize_counts
+from hexpress.data.units import model_px_per_level0_px
 from hexpress.errors import ConfigError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
@@ -44,7 +44,6 @@ __all__ = [
     "aggregate_units",
     "unit_sums",
     "finish_units",
-    "units_to_anndata",
     "write_h5ad_atomic",
     "PREDICTION_NOTE",
 ]
@@ -225,11 +224,11 @@ def unit_sums(
     if units.kind not in K.GEOMETRIES:
         raise ConfigError(f"unit kind must be one of {K.GEOMETRIES}, got {units.kind!r}.")
     s = dm.stride
-    f_in = dm.slide_mpp / dm.model_mpp  # input px per level-0 px
-    centers_in = units.centers_level0_px * f_in  # model-input px
+    centers_in = units.centers_model_px(dm.slide_mpp, dm.model_mpp)
     if units.kind == K.POLYGON:
         ext = max((float(np.ptp(p, axis=0).max()) for p in units.polygons), default=0.0)
-        reach = ext * f_in  # any vertex is within the polygon's extent of its centroid
+        # any vertex is within the polygon's extent of its centroid
+        reach = ext * model_px_per_level0_px(dm.slide_mpp, dm.model_mpp)
     else:
         reach = float(np.max(units.size_um, initial=0.0)) / dm.model_mpp / 2
     halo = int(math.ceil(reach / s)) + 1
@@ -273,48 +272,6 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
             raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
     out[covered <= 0] = np.nan
     return out.astype(np.float32)
-
-
-def units_to_anndata(
-    units: Units,
-    X: np.ndarray,
-    *,
-    genes: list[str],
-    uns: dict,
-    obs: dict[str, np.ndarray] | None = None,
-) -> ad.AnnData:
-    """An AnnData of predictions for ``units``: ``X`` (n, genes), ``obsm["spatial"]``, ``obs``."""
-    ids = units.get_ids()
-    frame = pd.DataFrame(index=pd.Index(ids, dtype=str))
-    frame[K.GEOMETRY] = pd.Categorical.from_codes(
-        np.full(len(units), list(K.GEOMETRIES).index(units.kind), dtype=np.int8),
-        categories=list(K.GEOMETRIES),
-    )
-    frame[K.SIZE_UM] = np.asarray(units.size_um, dtype=np.float64)
-    for k, v in units.obs.items():
-        frame[k] = np.asarray(v)
-    for k, v in (obs or {}).items():
-        frame[k] = np.asarray(v)
-    a = ad.AnnData(X=np.asarray(X, dtype=np.float32), obs=frame, var=pd.DataFrame(index=genes))
-    a.obsm[K.SPATIAL] = np.asarray(units.centers_level0_px, dtype=np.float64)
-    a.uns[K.UNS] = _plain(uns)
-    return a
-
-
-def _plain(value):
-    """A value h5ad can store: ``None`` becomes ``""``, tuples lists, numpy scalars Python."""
-    if value is None:
-        return ""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        if items and all(isinstance(v, str) for v in items):
-            return np.asarray(items, dtype=object)
-        return items if any(isinstance(v, dict) for v in items) else np.asarray(items)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
 
 
 def _uns_from_map(dm: DenseMap, units: Units) -> dict:
@@ -382,8 +339,7 @@ def aggregate_units(
                 len(none),
                 units.name,
             )
-    return units_to_anndata(
-        units,
+    return units.to_anndata(
         X,
         genes=list(dm.genes),
         uns=_uns_from_map(dm, units),

@@ -182,7 +182,9 @@ def dense_forward(
 
 
 def _read_tile(slide: SlideImage, info: ModelInfo, grid: TileGrid, tile: Tile) -> np.ndarray:
-    return slide.read_at(info.model_mpp, tile.read_x, tile.read_y, grid.tile_px, grid.tile_px)
+    return slide.read_region(
+        tile.read_x, tile.read_y, grid.tile_px, grid.tile_px, mpp=info.model_mpp, units="target"
+    )
 
 
 def _tile_has_tissue(tile: Tile, grid: TileGrid, info: ModelInfo, slide, tissue) -> bool:

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from hexpress._device import autocast, autocast_dtype, pin, prepare_model, resolve_device, to_device
 from hexpress.errors import CheckpointError
-from hexpress.infer.aggregate_disk import units_to_anndata
 from hexpress.infer.engine import ModelInfo
 from hexpress.infer.units import Units
 from hexpress.io.image import SlideImage
@@ -75,15 +74,18 @@ def predict_patches(
     model = prepare_model(fold_batchnorms(info.model), device)
     dtype = autocast_dtype(device, precision)
     side = max(1, round(float(info.patch_um) / info.model_mpp))
-    f_in = slide.mpp / info.model_mpp  # input px per level-0 px
-    corners = np.floor(units.centers_px * f_in - side / 2).astype(np.int64)
+    centers = units.centers_model_px(slide.mpp, info.model_mpp)
+    corners = np.floor(centers - side / 2).astype(np.int64)
     n = len(units)
     out = np.zeros((n, len(info.genes)), dtype=np.float32)
     starts = list(range(0, n, batch_size))
 
     def load(a: int) -> np.ndarray:
         b = min(n, a + batch_size)
-        crops = [slide.read_at(info.model_mpp, int(x), int(y), side, side) for x, y in corners[a:b]]
+        crops = [
+            slide.read_region(int(x), int(y), side, side, mpp=info.model_mpp, units="target")
+            for x, y in corners[a:b]
+        ]
         return pin(torch.from_numpy(np.stack(crops)), device)
 
     bar = tqdm(total=math.ceil(n / batch_size), desc="patches", disable=not progress, leave=False)
@@ -117,4 +119,4 @@ def predict_patches(
         "geometry_name": units.name,
         "predicted": True,
     }
-    return units_to_anndata(units, out, genes=list(info.genes), uns=uns)
+    return units.to_anndata(out, genes=list(info.genes), uns=uns)

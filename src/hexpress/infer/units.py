@@ -42,7 +42,7 @@ from hexpress.data.lattice import (
     DiscLattice,
     bin_centers_um,
 )
-from hexpress.data.units import Units, geometry_kind
+from hexpress.data.units import Units
 from hexpress.errors import FormatError, GeometryError, InputFileError, UnitsError
 from hexpress.infer.tissue import TissueMask
 
@@ -202,6 +202,15 @@ def _checked(name, kind, xy, size, ids, source, obs=None) -> Units:
     return Units(name=name, kind=kind, centers_level0_px=xy, size_um=size, ids=ids, obs=obs or {})
 
 
+def _scanpy_spot_diameter_um(adata, mpp: float) -> float | None:
+    """Spot diameter in µm from scanpy's ``uns["spatial"][library]["scalefactors"]``, if any."""
+    for lib in (adata.uns.get("spatial") or {}).values():
+        sf = (lib or {}).get("scalefactors") or {}
+        if "spot_diameter_fullres" in sf:
+            return float(sf["spot_diameter_fullres"]) * mpp
+    return None
+
+
 def units_from_anndata(
     adata,
     *,
@@ -228,36 +237,25 @@ def units_from_anndata(
         FormatError: no positions, or mixed / polygon geometries.
         UnitsError: no size.
     """
-    if K.SPATIAL not in adata.obsm:
-        raise FormatError(f"{source}: no obsm['spatial'] with unit positions in level-0 px.")
-    xy = np.asarray(adata.obsm[K.SPATIAL], dtype=np.float64)[:, :2]
-    ids = np.asarray(adata.obs_names, dtype=object)
-    kind = geometry_kind(
-        adata,
-        source=source,
-        allowed=(K.DISC, K.SQUARE),
-        default=K.DISC,
-        error=FormatError,
-        hint="give cells as polygons (--cells)",
-    )
-    if K.SIZE_UM in adata.obs:
-        size = adata.obs[K.SIZE_UM].to_numpy(dtype=np.float64)
-    elif diameter_um is not None:
-        size = np.full(len(xy), float(diameter_um))
-    else:
-        size = None
-        for lib in (adata.uns.get("spatial") or {}).values():
-            sf = (lib or {}).get("scalefactors") or {}
-            if "spot_diameter_fullres" in sf:
-                size = np.full(len(xy), float(sf["spot_diameter_fullres"]) * mpp)
-                break
-        if size is None:
-            raise UnitsError(
-                f"{source}: no spot size: add obs['size_um'], scanpy's "
-                "uns['spatial'][...]['scalefactors']['spot_diameter_fullres'], or pass "
-                "--spot-diameter-um."
-            )
-    return _checked(name, kind, xy, size, ids, source)
+    size = diameter_um if diameter_um is not None else _scanpy_spot_diameter_um(adata, mpp)
+    try:
+        u = Units.from_anndata(
+            adata,
+            name=name,
+            size_um=size,  # used where obs["size_um"] is absent
+            source=source,
+            allowed=(K.DISC, K.SQUARE),
+            default_kind=K.DISC,
+            error=FormatError,
+            hint="give cells as polygons (--cells)",
+        )
+    except UnitsError as e:  # the one error it raises for a set of discs or squares: no size
+        raise UnitsError(
+            f"{source}: no spot size: add obs['size_um'], scanpy's "
+            "uns['spatial'][...]['scalefactors']['spot_diameter_fullres'], or pass "
+            "--spot-diameter-um."
+        ) from e
+    return _checked(name, u.kind, u.centers_level0_px, u.size_um, u.ids, source)
 
 
 def read_spots(path: str | Path, *, mpp: float, diameter_um: float | None = None) -> Units:

@@ -163,10 +163,6 @@ class SlideImage(ABC):
         out = Image.fromarray(src).resize((out_w, out_h), Image.Resampling.BILINEAR, box=box)
         return np.asarray(out)
 
-    def read_at(self, mpp: float, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``read_region(x, y, width, height, mpp=mpp, units="target")``, under its old name."""
-        return self.read_region(x, y, width, height, mpp=mpp, units="target")
-
     def thumbnail(self, max_side: int = 1024) -> tuple[np.ndarray, float]:
         """A whole-slide thumbnail and its scale.
 

@@ -6,7 +6,9 @@ Reading and targets:
   one slide); genes are chosen on the **training** samples only; targets are
   ``log1p(counts / total * norm_scale)`` (:func:`hexpress.data.normalize`); units with total 0
   have no defined target and are never supervised.
-* unit centres are kept in µm, so they convert to pixels of any resolution.
+* units keep their level-0 px geometry (:class:`hexpress.data.Units`) and the slide's µm per
+  px, and reach the pixels of a crop at ``model_mpp`` through :meth:`Units.footprints`, the
+  conversion prediction uses.
 * slides small enough (``data.preload_max_mpx``) are read whole once at the training resolution
   and cropped from memory; larger ones are read crop by crop from the lazy reader.
 
@@ -45,6 +47,7 @@ import scipy.sparse as sp
 import torch
 
 from hexpress.data.sample import Sample
+from hexpress.data.units import Units
 from hexpress.errors import ConfigError, DataMismatchError
 from hexpress.io.image import ArrayImage, SlideImage
 from hexpress.train.augment import AugmentParams, augment, d4_points, sample_params
@@ -79,10 +82,9 @@ class UnitSet:
 
     Attributes:
         name: geometry name.
-        kind: ``"disc"``, ``"square"`` or ``"polygon"`` (one per set).
-        centers_um: ``(n, 2)`` x, y centres in µm from the slide's top-left corner.
-        size_um: ``(n,)`` disc diameter / square side in µm.
-        polygons_um: polygon vertices in µm (polygons only).
+        geometry: where the units are (:class:`hexpress.data.Units`: centres and polygon
+            vertices in level-0 px of the slide, sizes in µm, one kind per set).
+        slide_mpp: µm per level-0 px of the slide.
         targets: ``(n, G)`` CSR float32 normalised expression.
         measured: ``(n,)`` bool: total count > 0 (only these are supervised or evaluated).
         val: ``(n,)`` bool: held out for validation (never supervised).
@@ -90,17 +92,44 @@ class UnitSet:
     """
 
     name: str
-    kind: str
-    centers_um: np.ndarray
-    size_um: np.ndarray
+    geometry: Units
+    slide_mpp: float
     targets: sp.csr_matrix
     measured: np.ndarray
     val: np.ndarray
     weight: float = 1.0
-    polygons_um: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
-        return len(self.centers_um)
+        return len(self.geometry)
+
+    @property
+    def kind(self) -> str:
+        """``"disc"``, ``"square"`` or ``"polygon"``."""
+        return self.geometry.kind
+
+    @property
+    def size_um(self) -> np.ndarray:
+        """``(n,)`` disc diameter / square side in µm (NaN for polygons)."""
+        return self.geometry.size_um
+
+    @cached_property
+    def centers_um(self) -> np.ndarray:
+        """``(n, 2)`` x, y centres in µm from the slide's top-left corner."""
+        return self.geometry.centers_level0_px * self.slide_mpp
+
+    @property
+    def polygons_um(self) -> list[np.ndarray] | None:
+        """Polygon vertices in µm from the slide's top-left corner (polygons only)."""
+        polys = self.geometry.polygons
+        return None if polys is None else [p * self.slide_mpp for p in polys]
+
+    def centers_model_px(self, model_mpp: float, *, index=None) -> np.ndarray:
+        """``(k, 2)`` centres in px of the slide at ``model_mpp`` (:meth:`Units.centers_model_px`)."""
+        return self.geometry.centers_model_px(self.slide_mpp, model_mpp, index=index)
+
+    def footprints(self, model_mpp: float, origin_px=(0.0, 0.0), *, index=None):
+        """Footprints in px of the slide at ``model_mpp`` (:meth:`Units.footprints`)."""
+        return self.geometry.footprints(self.slide_mpp, model_mpp, origin_px, index=index)
 
     @property
     def train_mask(self) -> np.ndarray:
@@ -137,7 +166,7 @@ class SlideData:
             log.info("%s: %d x %d px at %g µm/px, read crop by crop", self.sample_id, w, h, mpp)
             self._view = None
             return
-        self._view = ArrayImage(self.image.read_at(mpp, 0, 0, w, h), mpp)
+        self._view = ArrayImage(self.image.read_region(0, 0, w, h, mpp=mpp, units="target"), mpp)
         # Release the reader (a decoded JPEG can hold the full-resolution pixels): every later
         # read is at this resolution and comes from the copy.
         self.image = self._view
@@ -147,12 +176,6 @@ class SlideData:
     def source(self) -> SlideImage:
         """The image crops are read from: the preloaded copy, else the lazy reader."""
         return self._view if self._view is not None else self.image
-
-    def read_at(self, mpp: float, x: int, y: int, width: int, height: int) -> np.ndarray:
-        """``(height, width, 3)`` uint8 from pixel ``(x, y)`` of the slide at ``mpp``."""
-        if self._view is not None and abs(self._view.mpp - mpp) < 1e-9 * mpp:
-            return self._view.read_at(mpp, x, y, width, height)
-        return self.image.read_at(mpp, x, y, width, height)
 
     def read_patch(self, center_um: np.ndarray, patch_um: float, input_px: int) -> np.ndarray:
         """``(input_px, input_px, 3)`` uint8: a ``patch_um`` square centred at ``center_um``."""
@@ -248,7 +271,6 @@ def read_samples(config: DataConfig, ids: Sequence[str]) -> dict[str, list[Sampl
 
 def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight: float):
     from hexpress.data.preprocess import normalize, total_counts
-    from hexpress.data.units import Units
 
     adata = sample.adata
     units = Units.from_anndata(
@@ -266,19 +288,14 @@ def _unit_set(sample: Sample, genes: list[str], scale: float, name: str, weight:
         )
     totals = total_counts(adata)
     normed = normalize(adata, genes, scale=scale)
-    mpp = float(sample.image.mpp)  # level-0 px -> µm of the slide
-    polys = None if units.polygons is None else [p * mpp for p in units.polygons]
-    n = adata.n_obs
     return UnitSet(
         name=name,
-        kind=units.kind,
-        centers_um=units.centers_level0_px * mpp,
-        size_um=units.size_um,
+        geometry=units,
+        slide_mpp=float(sample.image.mpp),
         targets=sp.csr_matrix(np.asarray(normed.X, dtype=np.float32)),
         measured=totals > 0,
-        val=np.zeros(n, dtype=bool),
+        val=np.zeros(adata.n_obs, dtype=bool),
         weight=float(weight),
-        polygons_um=polys,
     )
 
 
@@ -479,7 +496,7 @@ def crop_units(
     """
     from hexpress.models.aggregate import Footprints, footprint_weights
 
-    c = units.centers_um / model_mpp
+    c = units.centers_model_px(model_mpp)
     inside = (
         allowed
         & (c[:, 0] >= x0)
@@ -491,16 +508,13 @@ def crop_units(
     m = math.ceil(crop_px / stride)
     if len(idx) == 0:
         return idx, sp.csr_matrix((0, m * m), dtype=np.float64)
-    shift = np.array([x0, y0], dtype=np.float64)
-    centers = c[idx] - shift
-    polys = None
-    if units.polygons_um is not None:
-        polys = [units.polygons_um[i] / model_mpp - shift for i in idx]
+    fp = units.footprints(model_mpp, (x0, y0), index=idx)
     if params is not None and (params.k or params.flip):
-        centers = d4_points(centers, crop_px, crop_px, params.k, params.flip)
+        centers = d4_points(fp.centers_model_px, crop_px, crop_px, params.k, params.flip)
+        polys = fp.polygons
         if polys is not None:
             polys = [d4_points(p, crop_px, crop_px, params.k, params.flip) for p in polys]
-    fp = Footprints(centers, units.kind, units.size_um[idx] / model_mpp, polys)
+        fp = Footprints(centers, fp.kind, fp.size_px, polys)
     weights, coverage = footprint_weights(fp, (m, m), stride, return_coverage=True)
     keep = coverage >= min_coverage
     return idx[keep], weights[keep]
@@ -646,9 +660,9 @@ class DenseCropDataset(torch.utils.data.Dataset):
         return self._assemble(crops, rng, train=True)
 
     def _place(self, si: int, ui: int, rng: np.random.Generator) -> tuple[int, int, int]:
-        us = self.slides[si].units[0]
-        cx, cy = us.centers_um[ui] / self.model_mpp
-        r = us.size_um[ui] / self.model_mpp / 2 + 1
+        fp = self.slides[si].units[0].footprints(self.model_mpp, index=[ui])
+        cx, cy = fp.centers_model_px[0]
+        r = fp.size_px[0] / 2 + 1
         s = self.crop_px
         lo, hi = min(r / s, 0.5), max(1 - r / s, 0.5)
         fx, fy = lo + (hi - lo) * rng.random(2)
@@ -683,7 +697,9 @@ class DenseCropDataset(torch.utils.data.Dataset):
                 feats.append(self.features.read(si, x0, y0, self.crop_px, params))
             else:
                 side = self.crop_px + 2 * c
-                img = slide.read_at(self.model_mpp, x0 - c, y0 - c, side, side)
+                img = slide.image.read_region(
+                    x0 - c, y0 - c, side, side, mpp=self.model_mpp, units="target"
+                )
                 images.append(augment(img, params) if params is not None else img)
             for g, us in enumerate(slide.units):
                 ok = us.train_mask if allowed is None else allowed[ci][g]
@@ -848,7 +864,7 @@ def dense_val_batches(
         slide = slides[si]
         if done[si][0][ui]:
             continue
-        cx, cy = slide.units[0].centers_um[ui] / dataset.model_mpp
+        cx, cy = slide.units[0].centers_model_px(dataset.model_mpp, index=[ui])[0]
         x0, y0 = int(math.floor(cx - s / 2)), int(math.floor(cy - s / 2))
         ok = []
         for g, us in enumerate(slide.units):

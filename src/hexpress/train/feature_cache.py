@@ -113,7 +113,7 @@ def slide_sha256(slide) -> str:
     arr = getattr(img, "array", None)
     if arr is None:
         h, w = img.shape_at(img.mpp)
-        arr = img.read_at(img.mpp, 0, 0, w, h)
+        arr = img.read_region(0, 0, w, h, mpp=img.mpp, units="target")
     h = hashlib.sha256(f"{arr.shape}:{arr.dtype}:{img.mpp!r};".encode())
     h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()
@@ -334,7 +334,9 @@ def _encode_tile(model, slide, tile, grid, key, k, flip, arrays, strides, dtype)
     hc, wc = key["canvas_shape"]
     pad, mpp, r = key["pad_px"], key["model_mpp"], int(model.reduction)
     side = grid.tile_px
-    img = slide.read_at(mpp, tile.read_x - pad, tile.read_y - pad, side, side)
+    img = slide.image.read_region(
+        tile.read_x - pad, tile.read_y - pad, side, side, mpp=mpp, units="target"
+    )
     img = d4_image(img, k, flip)
     x = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))[None].astype(np.float32))
     device = next(model.parameters()).device

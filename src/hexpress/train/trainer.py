@@ -433,8 +433,7 @@ def train(
         ConfigError: an invalid combination (e.g. crop not a multiple of the stride).
         OutputExistsError: the folder holds a run and ``resume`` is false.
     """
-    from hexpress.models import create_model, save_checkpoint
-    from hexpress.models import describe_model as model_info
+    from hexpress.models import create_model, describe_model, save_checkpoint
 
     t_start = time.perf_counter()
     cfg = config
@@ -443,13 +442,13 @@ def train(
     device = resolve_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = init_distributed(device)
     try:
-        return _train(cfg, resume, samples, device, dist, t_start, create_model, model_info,
-                      save_checkpoint)  # fmt: skip
+        return _train(cfg, resume, samples, device, dist, t_start, create_model,
+                      describe_model, save_checkpoint)  # fmt: skip
     finally:
         cleanup(dist)
 
 
-def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, model_info,
+def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, describe_model,
            save_checkpoint) -> RunResult:  # fmt: skip
     out = Path(cfg.run.out_dir)
     main = dist.is_main
@@ -470,7 +469,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     torch.manual_seed(cfg.run.seed)  # the same initial weights whatever was drawn before
     model = create_model(cfg.model.name, n_genes=len(genes), **kwargs)
     world = dist.world_size
-    task = make_task(cfg, data, model, model_info(cfg.model.name)["kind"], device=device,
+    task = make_task(cfg, data, model, describe_model(cfg.model.name)["kind"], device=device,
                      rank=dist.rank, world_size=world, is_main=main,
                      barrier=lambda: barrier(dist))  # fmt: skip
     model.to(device)

@@ -1,3 +1,5 @@
+"""hexpress simulate and hexpress info on what it writes."""
+
 import json
 
 from typer.testing import CliRunner

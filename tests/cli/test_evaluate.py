@@ -1,15 +1,18 @@
+"""hexpress evaluate: tables, JSON, reports and its refusals."""
+
 import json
-from pathlib import Path
 
 import pytest
-from eval_helpers import make_section, noisy_prediction
+from cli_helpers import TESTS, helper_module
 from typer.testing import CliRunner
 
 from hexpress.cli import app
 from hexpress.data.preprocess import normalize
 from hexpress.errors import DataMismatchError, InputFileError
 
-DATA = Path(__file__).parent / "data"
+eval_helpers = helper_module("eval_helpers", "eval/eval_helpers.py")
+make_section, noisy_prediction = eval_helpers.make_section, eval_helpers.noisy_prediction
+DATA = TESTS / "eval" / "data"
 
 
 @pytest.fixture
@@ -142,3 +145,21 @@ def test_prediction_folder_map_is_drawn(files, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert list((out / "figures").glob("dense_sec0_*.png"))
+
+
+def test_evaluate_truth_format_reads_a_visium_folder(tmp_path, runner, io_builders):
+    from hexpress.io import read_visium
+
+    t = io_builders.make_visium(tmp_path / "run", n=30, off_tissue=0)
+    s = read_visium(t.root)
+    pred = normalize(s.adata, scale=1e4)  # a perfect prediction, under other unit ids
+    pred.obs_names = [f"spot{i}" for i in range(pred.n_obs)]
+    pred.write_h5ad(tmp_path / "pred.h5ad")
+    r = runner.invoke(
+        app,
+        ["evaluate", str(tmp_path / "pred.h5ad"), "--truth", str(t.root), "--truth-format",
+         "visium", "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["metrics"]["n_units"] == 30 and doc["metrics"]["PCC@M"] == pytest.approx(1.0)
