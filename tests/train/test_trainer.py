@@ -195,3 +195,31 @@ def test_her2st_recipe_reads_and_fits_the_mean(tmp_path, her2st_dir):
     meta = load_checkpoint(res.checkpoint).meta
     assert meta["extra"]["train_samples"] == ["C2", "C3", "C4", "C5", "C6"]  # never A1
     assert len(res.genes) == 50 and res.val["spots"]["n_units"] > 0
+
+
+def _val_pccs(run: Path) -> dict[int, float]:
+    rows = [r.split(",") for r in (run / "log.csv").read_text().splitlines()[1:]]
+    return {int(r[0]): float(r[4]) for r in rows if r[1] == "val"}
+
+
+def test_select_best_val_keeps_the_weights_of_the_best_validation(tmp_path, samples):
+    extra = ["optim.max_steps=8", "run.val_every=2", "optim.lr=5e-2", "optim.batch_size=2"]
+    best = train(_cfg(tmp_path / "best", *extra, "run.select=best_val"), samples=samples)
+    last = train(_cfg(tmp_path / "last", *extra), samples=samples)
+    pccs = _val_pccs(tmp_path / "best")
+    assert pccs == _val_pccs(tmp_path / "last") and len(pccs) == 4  # the same run, kept apart
+    step = max(pccs, key=pccs.get)
+    ck = load_checkpoint(best.checkpoint)
+    assert ck.meta["extra"]["step"] == step
+    assert load_checkpoint(last.checkpoint).meta["extra"]["step"] == 8
+    saved = load_checkpoint(tmp_path / "best" / "best")
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ck.model(x), saved.model(x), rtol=0, atol=0)
+        if step != 8:  # the kept weights are not the last ones
+            assert not torch.allclose(ck.model(x), load_checkpoint(last.checkpoint).model(x))
+
+
+def test_select_must_be_known(tmp_path):
+    with pytest.raises(ConfigError, match="run.select"):
+        _cfg(tmp_path / "r", "run.select=best")

@@ -58,6 +58,7 @@ __all__ = [
 
 GENE_METHODS = ("heg", "hvg")
 DEVICES = ("auto", "cpu", "cuda")
+SELECT = ("last", "best_val")
 SCHEDULES = ("constant", "cosine")
 PHASES = ("frozen", "finetune")
 
@@ -378,6 +379,10 @@ class RunConfig:
         threads: torch CPU threads (default: torch's choice).
         progress: show a progress bar.
         tensorboard: also log to TensorBoard when it is installed.
+        select: which weights the run's ``model`` checkpoint holds: ``"last"`` (the last step)
+            or ``"best_val"`` (those of the validation with the highest mean PCC over the
+            validation units of the training sections; needs ``val_every``). The steps a run
+            keeps are then chosen on its validation blocks, never on test sections.
         feature_cache: folder of the frozen-encoder feature cache (see
             :mod:`hexpress.train.feature_cache`; shared by runs, reused while its key matches);
             ``null``: frozen phases run the encoder on every crop instead.
@@ -396,9 +401,13 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     feature_cache: str | None = "runs/feature_cache"
+    select: str = "last"
 
     def __post_init__(self) -> None:
         from hexpress._device import PRECISIONS
+
+        if self.select not in SELECT:
+            raise _fail("run.select", f"must be one of {SELECT}, got {self.select!r}.")
 
         if self.device not in DEVICES:
             raise _fail("run.device", f"must be one of {DEVICES}, got {self.device!r}.")

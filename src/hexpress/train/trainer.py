@@ -58,16 +58,18 @@ from hexpress.train.data import load_training_data
 from hexpress.train.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
 from hexpress.train.tasks import FINETUNE, TrainingTask, make_task
 
-__all__ = ["RunResult", "train", "load_training_state", "STATE", "LAST", "FINAL"]
+__all__ = ["RunResult", "train", "load_training_state", "STATE", "LAST", "FINAL", "BEST"]
 
 log = logging.getLogger(__name__)
 
 STATE = "state"
 LAST = "last"
 FINAL = "model"
+BEST = "best"  # the best validation so far, with run.select: best_val
 LOG_COLUMNS = ("step", "split", "loss", "mse", "pcc", "lr", "time_s")
 # keys that may differ when a run is resumed (how long and how it is watched, not what it learns)
 _RESUME_FREE = {
+    "run.select",
     "optim.max_steps",
     "optim.epochs",
     "run.out_dir",
@@ -556,6 +558,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     window: list[tuple[float, float, float]] = []
     last_loss: float | None = None
     val: dict = {}
+    best = _Best(out, cfg.run.select == "best_val", start_step)
     t0 = time.perf_counter()
     amp = MixedPrecision(device, cfg.run.precision)  # bf16 autocast on GPUs by default
     try:
@@ -617,6 +620,9 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
                     if logger:
                         logger.row(done, "val", vrow, lr, time.perf_counter() - t0)
                     log.info("step %d validation: %s", done, val)
+                    if best.improves(vrow["pcc"]):
+                        save(BEST, done, val)
+                        best.keep(model, done, val, vrow["pcc"])
                 every = cfg.run.ckpt_every
                 if main and every and done % every == 0 and done < max_steps:
                     save(LAST, done, val)
@@ -627,13 +633,55 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
         if main:
             save(LAST, max_steps, val)
             _save_state(out, model, opt, max_steps)
-            ckpt = save(FINAL, max_steps, val)
+            if best.step is not None and best.step != max_steps:
+                best.restore(model)
+                log.info("run.select best_val: the model holds step %d (validation PCC %.4f; "
+                         "step %d had %s)", best.step, best.pcc, max_steps,
+                         _mean_metric(val, "pcc"))  # fmt: skip
+                ckpt = save(FINAL, best.step, best.val)
+            else:
+                if best.enabled and best.step is None:
+                    log.warning("run.select best_val: no validation units, so the model holds "
+                                "the last step")  # fmt: skip
+                ckpt = save(FINAL, max_steps, val)
         barrier(dist)
     finally:
         bar.close()
         if logger:
             logger.close()
     return result(max_steps, last_loss, val, ckpt)
+
+
+class _Best:
+    """The best validation of a run (``run.select: best_val``): its step, PCC and weights, kept
+    on disk as the ``best`` checkpoint, so a resumed run goes on comparing against it."""
+
+    def __init__(self, out: Path, enabled: bool, start_step: int) -> None:
+        self.enabled, self.out = enabled, out
+        self.step: int | None = None
+        self.pcc = -math.inf
+        self.val: dict = {}
+        self._state: dict | None = None
+        meta = out / f"{BEST}.json"
+        if enabled and start_step and meta.is_file():
+            extra = json.loads(meta.read_text())["extra"]
+            if int(extra["step"]) <= start_step:  # a best of a killed run's later steps is void
+                self.step, self.val = int(extra["step"]), extra["val"]
+                self.pcc = _mean_metric(self.val, "pcc") or -math.inf
+
+    def improves(self, pcc: float | None) -> bool:
+        return self.enabled and pcc is not None and pcc > self.pcc
+
+    def keep(self, model: nn.Module, step: int, val: dict, pcc: float) -> None:
+        self.step, self.val, self.pcc = step, val, pcc
+        self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def restore(self, model: nn.Module) -> None:
+        if self._state is None:  # kept before a resume: read back from its checkpoint
+            from hexpress.models.checkpoint import load_checkpoint
+
+            self._state = load_checkpoint(self.out / BEST).model.state_dict()
+        model.load_state_dict(self._state)
 
 
 def _batches(dataset, steps: range, cfg: TrainConfig, device: torch.device) -> Iterator:
