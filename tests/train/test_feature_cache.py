@@ -182,12 +182,18 @@ def test_key_changes_force_a_rebuild_and_say_why(slides_and_model, tmp_path, cap
     _build(model, slides, root, transforms=[0, 5])
     assert len(count_tiles) == 4 * built
     assert "slide_sha256" in caplog.text
-    # the slide read through a stain normalisation (data.stain): other pixels, another key
+    # the slide read through a stain normalisation (data.stain): other pixels, its own cache
     slides[0].stain = {"method": "macenko", "reference": "S1"}
     caplog.clear()
     _build(model, slides, root, transforms=[0, 5])
     assert len(count_tiles) == 5 * built
-    assert "stain None -> {'method': 'macenko'" in caplog.text
+    assert "no feature cache for S1" in caplog.text and "_stain-" in caplog.text
+    # ... which leaves the unnormalised one in place: both are reused from now on
+    slides[0].stain = None
+    _build(model, slides, root, transforms=[0, 5])
+    slides[0].stain = {"method": "macenko", "reference": "S1"}
+    _build(model, slides, root, transforms=[0, 5])
+    assert len(count_tiles) == 5 * built
 
 
 def test_a_cache_of_another_slide_or_encoder_is_rebuilt_and_a_foreign_folder_refused(

@@ -23,7 +23,7 @@ to the cache's dtype, so a run learns the same numbers from either.
 
 Layout, one zarr group per slide, encoder and ``model_mpp``::
 
-    <root>/<sample_id>/<encoder>_<mpp>umpx/
+    <root>/<sample_id>/<encoder>_<mpp>umpx[_stain-<hash>]/   (the suffix with data.stain)
         zarr.json           attrs: kind, format_version, key (what the features depend on)
         t<t>/l<l>           (C_l, H_t / s_l, W_t / s_l) float16
         done/t<t>.json      the key and transform, written last (atomically) per transform
@@ -158,8 +158,17 @@ def _round_up(v: int, a: int) -> int:
     return int(math.ceil(v / a) * a)
 
 
-def _folder(root: Path, sample_id: str, encoder: str, model_mpp: float) -> Path:
-    return root / sample_id / f"{encoder}_{model_mpp:g}umpx"
+def _folder(root: Path, sample_id: str, name: str, stain: dict | None) -> Path:
+    """A slide's cache group: one per encoder set-up (``name``) and stain normalisation, so runs
+    with and without ``data.stain`` keep their own features instead of rebuilding each other's."""
+    return root / sample_id / (name + _stain_suffix(stain))
+
+
+def _stain_suffix(stain: dict | None) -> str:
+    if not stain:
+        return ""
+    text = json.dumps(stain, sort_keys=True, default=str)
+    return "_stain-" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def d4_rect(x0: int, y0: int, w: int, h: int, width: int, height: int, k: int, flip: bool):
@@ -280,7 +289,8 @@ def build_feature_cache(
     for slide in slides:
         key = cache_key(model, slide, model_mpp=model_mpp, pad_px=pad, context_px=context,
                         dtype=dtype)  # fmt: skip
-        folder = _folder(root, slide.sample_id, key["encoder"], model_mpp)
+        name = f"{key['encoder']}_{model_mpp:g}umpx"
+        folder = _folder(root, slide.sample_id, name, key["stain"])
         group = _open_group(folder, key)
         todo = [t for t in transforms if not _transform_done(folder, t, key)]
         if tile_px is None:
@@ -489,11 +499,8 @@ def build_pooled_cache(
     plans = []
     for slide in slides:
         key = pooled_cache_key(model, slide)
-        folder = (
-            root
-            / slide.sample_id
-            / (f"{key['encoder']}_patch{key['patch_um']:g}um_{key['input_px']}px")
-        )
+        name = f"{key['encoder']}_patch{key['patch_um']:g}um_{key['input_px']}px"
+        folder = _folder(root, slide.sample_id, name, key["stain"])
         group = _open_group(folder, key)
         plans.append((slide, key, folder, group,
                       [t for t in transforms if not _transform_done(folder, t, key)]))  # fmt: skip
