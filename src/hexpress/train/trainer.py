@@ -635,9 +635,10 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
             _save_state(out, model, opt, max_steps)
             if best.step is not None and best.step != max_steps:
                 best.restore(model)
+                last_pcc = _mean_metric(val, "pcc")
                 log.info("run.select best_val: the model holds step %d (validation PCC %.4f; "
                          "step %d had %s)", best.step, best.pcc, max_steps,
-                         _mean_metric(val, "pcc"))  # fmt: skip
+                         "none" if last_pcc is None else f"{last_pcc:.4f}")  # fmt: skip
                 ckpt = save(FINAL, best.step, best.val)
             else:
                 if best.enabled and best.step is None:
