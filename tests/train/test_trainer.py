@@ -223,3 +223,15 @@ def test_select_best_val_keeps_the_weights_of_the_best_validation(tmp_path, samp
 def test_select_must_be_known(tmp_path):
     with pytest.raises(ConfigError, match="run.select"):
         _cfg(tmp_path / "r", "run.select=best")
+
+
+def test_select_best_val_survives_a_resume(tmp_path, samples):
+    extra = ["run.val_every=2", "run.ckpt_every=2", "optim.lr=5e-2", "optim.batch_size=2",
+             "run.select=best_val"]  # fmt: skip
+    train(_cfg(tmp_path / "r", "optim.max_steps=8", *extra), samples=samples)
+    first = _val_pccs(tmp_path / "r")
+    res = train(_cfg(tmp_path / "r", "optim.max_steps=12", *extra), samples=samples, resume=True)
+    pccs = _val_pccs(tmp_path / "r")
+    assert set(first) < set(pccs) and max(pccs) == 12
+    step = max(pccs, key=pccs.get)
+    assert load_checkpoint(res.checkpoint).meta["extra"]["step"] == step

@@ -406,13 +406,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         from hexpress._device import PRECISIONS
 
-        if self.select not in SELECT:
-            raise _fail("run.select", f"must be one of {SELECT}, got {self.select!r}.")
-
         if self.device not in DEVICES:
             raise _fail("run.device", f"must be one of {DEVICES}, got {self.device!r}.")
         if self.precision not in PRECISIONS:
             raise _fail("run.precision", f"must be one of {PRECISIONS}, got {self.precision!r}.")
+        if self.select not in SELECT:
+            raise _fail("run.select", f"must be one of {SELECT}, got {self.select!r}.")
         for name in ("log_every",):
             if getattr(self, name) < 1:
                 raise _fail(f"run.{name}", f"must be >= 1, got {getattr(self, name)}.")

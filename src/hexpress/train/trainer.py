@@ -622,7 +622,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
                     log.info("step %d validation: %s", done, val)
                     if best.improves(vrow["pcc"]):
                         save(BEST, done, val)
-                        best.keep(model, done, val, vrow["pcc"])
+                        best.keep(done, val, vrow["pcc"])
                 every = cfg.run.ckpt_every
                 if main and every and done % every == 0 and done < max_steps:
                     save(LAST, done, val)
@@ -654,35 +654,32 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
 
 
 class _Best:
-    """The best validation of a run (``run.select: best_val``): its step, PCC and weights, kept
-    on disk as the ``best`` checkpoint, so a resumed run goes on comparing against it."""
+    """The best validation of a run (``run.select: best_val``): its step and PCC; its weights are
+    the ``best`` checkpoint, so a resumed run goes on comparing against it."""
 
     def __init__(self, out: Path, enabled: bool, start_step: int) -> None:
         self.enabled, self.out = enabled, out
         self.step: int | None = None
         self.pcc = -math.inf
         self.val: dict = {}
-        self._state: dict | None = None
         meta = out / f"{BEST}.json"
         if enabled and start_step and meta.is_file():
             extra = json.loads(meta.read_text())["extra"]
-            if int(extra["step"]) <= start_step:  # a best of a killed run's later steps is void
-                self.step, self.val = int(extra["step"]), extra["val"]
-                self.pcc = _mean_metric(self.val, "pcc") or -math.inf
+            pcc = _mean_metric(extra["val"], "pcc")
+            if int(extra["step"]) <= start_step and pcc is not None:  # a later step's is void
+                self.step, self.val, self.pcc = int(extra["step"]), extra["val"], pcc
 
     def improves(self, pcc: float | None) -> bool:
         return self.enabled and pcc is not None and pcc > self.pcc
 
-    def keep(self, model: nn.Module, step: int, val: dict, pcc: float) -> None:
+    def keep(self, step: int, val: dict, pcc: float) -> None:
         self.step, self.val, self.pcc = step, val, pcc
-        self._state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def restore(self, model: nn.Module) -> None:
-        if self._state is None:  # kept before a resume: read back from its checkpoint
-            from hexpress.models.checkpoint import load_checkpoint
+        """Load the best checkpoint's weights into ``model``."""
+        from hexpress.models.checkpoint import load_checkpoint
 
-            self._state = load_checkpoint(self.out / BEST).model.state_dict()
-        model.load_state_dict(self._state)
+        model.load_state_dict(load_checkpoint(self.out / BEST).model.state_dict())
 
 
 def _batches(dataset, steps: range, cfg: TrainConfig, device: torch.device) -> Iterator:
