@@ -1,0 +1,183 @@
+"""One dense tile through PyTorch (as ``predict_tiles`` runs it) and through ONNX Runtime on the CPU.
+
+For each tile side (``--tile-px``, default 1024 and 2048) the script builds PixNet-Lite0 (250
+genes, untrained decoder: speed does not depend on the weights), lays out the tile grid's margin
+and core as :func:`hexpress.infer.make_tile_grid` does (the margin is the model's receptive field,
+or the largest aligned margin that leaves a core of half the tile where the tile is too small
+for it), and times on the same input tile:
+
+* ``torch``: :func:`hexpress.infer.engine.predict_tiles`'s path, a copy of the model with batch
+  norms folded, :func:`hexpress._device.prepare_model` (channels-last), a channels-last input
+  (an NHWC tile permuted), :func:`torch.inference_mode`, ``region`` = the tile's core cells;
+* ``ort_<level>``: the same folded model exported to ONNX for this tile side and core
+  (:func:`hexpress.infer.onnx_export.export_onnx`) and run by ONNX Runtime's CPU execution
+  provider at each graph optimisation level of ``--levels`` (``extended``: fusions, NCHW;
+  ``all``: also the blocked NCHWc layout, ONNX Runtime's layout optimisation for CPU
+  convolutions; its CPU provider has no float NHWC option). The timed call includes making the
+  channels-last tile a contiguous NCHW array, as the runtime takes it.
+
+Each is timed as the median of ``--repeats`` calls after one warm-up call, in seconds per tile;
+``speedup`` is torch's median over the runtime's. ``max_abs_dev_over_std`` is the largest absolute
+difference of the runtime's output from torch's over the standard deviation of torch's output.
+The machine's own rate (a 2048 x 2048 float32 ``torch.matmul``, the helper of
+``bench_infer_speed.py``) is measured in the same process; each path's rate is the tile's FLOPs
+(counted on the meta device) over its seconds.
+
+Usage: ``python benchmarks/bench_onnx.py [--tile-px 1024 2048] [--threads 2] [--repeats 5]
+[--levels extended,all] [--exporter dynamo|torchscript]``. ``--model test_pixnet --tile-px 128``
+runs in seconds. Prints one JSON object on stdout (progress on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hexpress._device import prepare_model
+from hexpress.infer import make_tile_grid
+from hexpress.infer.engine import core_region, dense_forward
+from hexpress.infer.onnx_export import GRAPH_LEVELS, EXPORTERS, export_onnx, ort_session
+from hexpress.models import create_model
+from hexpress.models.fuse import fold_batchnorms
+
+
+def _speed_bench():
+    """``bench_infer_speed.py`` next to this file (its matmul rate, FLOP count, peak RSS)."""
+    path = Path(__file__).with_name("bench_infer_speed.py")
+    spec = importlib.util.spec_from_file_location("_bench_infer_speed", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _median_seconds(fn, repeats: int) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call; and its output."""
+    out = fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def _margin(model, tile_px: int, align: int) -> int:
+    """The receptive field, or the largest aligned margin leaving a core of half the tile."""
+    room = (tile_px // 4) // align * align
+    return min(int(model.receptive_field_px), room)
+
+
+def bench_tile(args, model, tile_px: int, speed) -> dict:
+    align = int(getattr(model, "reduction", model.stride))
+    margin = _margin(model, tile_px, align)
+    grid = make_tile_grid(
+        (tile_px, tile_px), stride=model.stride, receptive_field_px=margin, tile_px=tile_px,
+        align_px=align,
+    )  # fmt: skip
+    region = core_region(model, grid)
+    flop = speed.count_flops(model, grid.tile_px, region)
+    gen = torch.Generator().manual_seed(0)
+    # an NHWC tile permuted to NCHW: channels-last strides, as predict_tiles hands it over
+    x = torch.rand(1, grid.tile_px, grid.tile_px, 3, generator=gen).permute(0, 3, 1, 2)
+    net = prepare_model(fold_batchnorms(model), torch.device("cpu"))
+
+    def run_torch():
+        with torch.inference_mode():
+            return dense_forward(net, x, region=region).numpy()
+
+    t_torch, ref = _median_seconds(run_torch, args.repeats)
+    std = float(ref.std())
+    out = {
+        "tile_px": grid.tile_px,
+        "margin_px": grid.margin_px,
+        "core_px": grid.core_cells * grid.stride,
+        "region_cells": list(region) if region is not None else None,
+        "output_shape": list(ref.shape),
+        "flop_per_tile": flop,
+        "torch": {"seconds_per_tile": round(t_torch, 4),
+                  "gflop_per_s": round(flop / t_torch / 1e9, 2)},
+    }  # fmt: skip
+    print(json.dumps({"tile_px": tile_px, "torch": out["torch"]}), file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+        graph = export_onnx(model, grid.tile_px, region=region, exporter=args.exporter)
+    out["seconds_export"] = round(time.perf_counter() - t0, 2)
+    out["graph_mb"] = round(len(graph) / 2**20, 2)
+    for level in args.levels:
+        t0 = time.perf_counter()
+        sess = ort_session(graph, threads=args.threads, level=level)
+        t_sess = time.perf_counter() - t0
+        (name,) = (i.name for i in sess.get_inputs())
+
+        def run_ort(sess=sess, name=name):
+            return sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0]
+
+        t_ort, y = _median_seconds(run_ort, args.repeats)
+        if y.shape != ref.shape:
+            raise RuntimeError(f"ONNX Runtime gave {y.shape}, torch {ref.shape} ({level})")
+        dev = float(np.abs(y - ref).max())
+        res = {
+            "seconds_per_tile": round(t_ort, 4),
+            "gflop_per_s": round(flop / t_ort / 1e9, 2),
+            "speedup_over_torch": round(t_torch / t_ort, 3),
+            "seconds_session": round(t_sess, 2),
+            "max_abs_dev": dev,
+            "max_abs_dev_over_std": dev / std if std > 0 else None,
+        }
+        out[f"ort_{level}"] = res
+        print(json.dumps({"tile_px": tile_px, level: res}), file=sys.stderr, flush=True)
+        del sess
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tile-px", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--levels", default="extended,all", help=f"comma list of {GRAPH_LEVELS}")
+    p.add_argument("--exporter", default="dynamo", choices=EXPORTERS)
+    p.add_argument("--model", default="pixnet_lite0", help="dense model (test_pixnet: checks)")
+    p.add_argument("--n-genes", type=int, default=250)
+    args = p.parse_args()
+    args.levels = [v.strip() for v in args.levels.split(",") if v.strip()]
+    if bad := [v for v in args.levels if v not in GRAPH_LEVELS]:
+        p.error(f"unknown level(s) {bad}; choose from {GRAPH_LEVELS}")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    speed = _speed_bench()
+    import onnxruntime
+
+    model = create_model(args.model, n_genes=args.n_genes).eval()
+    out: dict = {
+        "benchmark": "onnx_runtime_tile",
+        "model": f"{args.model} ({args.n_genes} genes, stride {model.stride}, untrained)",
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "exporter": args.exporter,
+        "torch_version": torch.__version__,
+        "onnxruntime_version": onnxruntime.__version__,
+        "receptive_field_px": int(model.receptive_field_px),
+        "matmul_gflop_per_s": round(speed.matmul_gflops(), 2),
+    }
+    out["tiles"] = [bench_tile(args, model, t, speed) for t in args.tile_px]
+    for tile in out["tiles"]:
+        for key in ("torch", *(f"ort_{lv}" for lv in args.levels)):
+            tile[key]["over_matmul"] = round(
+                tile[key]["gflop_per_s"] / out["matmul_gflop_per_s"], 4
+            )
+    out["peak_rss_mb"] = speed.peak_rss_mb()
+    print(json.dumps(out, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

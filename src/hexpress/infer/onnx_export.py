@@ -1,0 +1,140 @@
+"""A dense model as an ONNX graph for one tile shape, run by ONNX Runtime on the CPU (optional).
+
+The graph is what :func:`hexpress.infer.engine.predict_tiles` runs for one tile: the model with
+its batch norms folded (:func:`hexpress.models.fuse.fold_batchnorms`), input ``(1, 3, T, T)``
+float32 RGB in [0, 1], and for models that accept a ``region`` (PixNet) only the tile core's
+cells as output. The tile side and the region are fixed in the graph (PixNet's decoder slices
+depend on them), so a graph serves one tile grid.
+
+Needs the ``onnx`` extra: ``pip install 'hexpress[onnx]'`` (onnx and onnxscript for torch's
+exporter, onnxruntime to run the graph).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from hexpress._files import write_file
+from hexpress.errors import ConfigError
+from hexpress.models.fuse import fold_batchnorms
+
+__all__ = ["FixedRegion", "export_onnx", "ort_session", "GRAPH_LEVELS"]
+
+EXPORTERS = ("dynamo", "torchscript")
+"""torch's exporters: ``torch.export``-based (torch's default) and the older tracing one."""
+
+GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
+"""ONNX Runtime graph optimisation levels, by the names of ``GraphOptimizationLevel``."""
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(
+            f"{what} needs the package {module}: pip install 'hexpress[onnx]'."
+        ) from e
+
+
+class FixedRegion(nn.Module):
+    """``model(x, region=region)`` as a one-argument module (``region=None``: ``model(x)``)."""
+
+    def __init__(self, model: nn.Module, region: tuple[int, int, int, int] | None) -> None:
+        super().__init__()
+        self.model = model
+        self.region = None if region is None else tuple(int(v) for v in region)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.region is None:
+            return self.model(x)
+        return self.model(x, region=self.region)
+
+
+def export_onnx(
+    model: nn.Module,
+    tile_px: int,
+    *,
+    region: tuple[int, int, int, int] | None = None,
+    path: str | os.PathLike | None = None,
+    exporter: str = "dynamo",
+    opset: int = 18,
+) -> bytes:
+    """The ONNX graph (serialised) of ``model`` on one ``(1, 3, tile_px, tile_px)`` tile.
+
+    Args:
+        model: a dense model; it is not changed (a copy with batch norms folded is exported).
+        tile_px: the input side, margins included.
+        region: the map cells ``(y0, x0, y1, x1)`` to compute, as
+            :func:`hexpress.infer.engine.core_region` gives them; ``None``: the whole map.
+        path: when given, the graph is also written there (atomically).
+        exporter: ``"dynamo"`` (``torch.export``) or ``"torchscript"`` (tracing).
+        opset: the ONNX opset.
+
+    Raises:
+        ConfigError: an unknown exporter, a tile side below 1, a region for a model that takes
+            none, or the onnx packages missing.
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}.")
+    if int(tile_px) < 1:
+        raise ConfigError(f"tile_px must be a positive number of px, got {tile_px}.")
+    if region is not None and not getattr(model, "accepts_region", False):
+        raise ConfigError(
+            f"{type(model).__name__} computes whole maps; export it with region=None."
+        )
+    _require("onnx", "ONNX export")
+    if exporter == "dynamo":
+        _require("onnxscript", "ONNX export")
+    net = FixedRegion(fold_batchnorms(model).float().cpu(), region).eval()
+    x = torch.zeros(1, 3, int(tile_px), int(tile_px))
+    names = {"input_names": ["tile"], "output_names": ["map"]}
+    with torch.no_grad():
+        if exporter == "dynamo":
+            program = torch.onnx.export(
+                net, (x,), None, dynamo=True, opset_version=opset, verbose=False, **names
+            )
+            data = program.model_proto.SerializeToString()
+        else:
+            import io
+
+            buf = io.BytesIO()
+            torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=opset, **names)
+            data = buf.getvalue()
+    if path is not None:
+        write_file(path, data)
+    return data
+
+
+def ort_session(
+    graph: bytes | str | os.PathLike,
+    *,
+    threads: int | None = None,
+    level: str = "all",
+    config: dict[str, str] | None = None,
+):
+    """An ONNX Runtime session on the CPU execution provider for a graph (bytes or a file).
+
+    ``threads`` sets the intra-op threads (``None``: ONNX Runtime's default, one per core) and
+    one inter-op thread; ``level`` is the graph optimisation level (:data:`GRAPH_LEVELS`;
+    ``"layout"`` and ``"all"`` add ONNX Runtime's blocked NCHWc layout for convolutions on the
+    CPU); ``config`` adds session config entries (``SessionOptions.add_session_config_entry``).
+    """
+    ort = _require("onnxruntime", "ONNX Runtime inference")
+    if level not in GRAPH_LEVELS:
+        raise ConfigError(f"level must be one of {GRAPH_LEVELS}, got {level!r}.")
+    opts = ort.SessionOptions()
+    name = "ORT_DISABLE_ALL" if level == "disable" else f"ORT_ENABLE_{level.upper()}"
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, name)
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    for k, v in (config or {}).items():
+        opts.add_session_config_entry(str(k), str(v))
+    src = graph if isinstance(graph, bytes) else os.fspath(graph)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
