@@ -45,7 +45,7 @@ import torch
 from hexpress._device import prepare_model
 from hexpress.infer import make_tile_grid
 from hexpress.infer.engine import core_region, dense_forward
-from hexpress.infer.onnx_export import GRAPH_LEVELS, EXPORTERS, export_onnx, ort_session
+from hexpress.infer.onnx_export import EXPORTERS, GRAPH_LEVELS, export_onnx, ort_session
 from hexpress.models import create_model
 from hexpress.models.fuse import fold_batchnorms
 

@@ -23,7 +23,7 @@ from hexpress._files import write_file
 from hexpress.errors import ConfigError
 from hexpress.models.fuse import fold_batchnorms
 
-__all__ = ["FixedRegion", "export_onnx", "ort_session", "GRAPH_LEVELS"]
+__all__ = ["FixedRegion", "export_onnx", "ort_session", "EXPORTERS", "GRAPH_LEVELS"]
 
 EXPORTERS = ("dynamo", "torchscript")
 """torch's exporters: ``torch.export``-based (torch's default) and the older tracing one."""
