@@ -13,7 +13,9 @@ exporter, onnxruntime to run the graph).
 from __future__ import annotations
 
 import importlib
+import io
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -100,10 +102,11 @@ def export_onnx(
             )
             data = program.model_proto.SerializeToString()
         else:
-            import io
-
             buf = io.BytesIO()
-            torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=opset, **names)
+            with warnings.catch_warnings():
+                # the tile shape is fixed in the graph: shapes read as Python numbers are meant
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                torch.onnx.export(net, (x,), buf, dynamo=False, opset_version=opset, **names)
             data = buf.getvalue()
     if path is not None:
         write_file(path, data)
@@ -129,6 +132,8 @@ def ort_session(
         raise ConfigError(f"level must be one of {GRAPH_LEVELS}, got {level!r}.")
     opts = ort.SessionOptions()
     name = "ORT_DISABLE_ALL" if level == "disable" else f"ORT_ENABLE_{level.upper()}"
+    if not hasattr(ort.GraphOptimizationLevel, name):
+        raise ConfigError(f"onnxruntime {ort.__version__} has no level {level!r}; upgrade it.")
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, name)
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
