@@ -14,7 +14,9 @@ for it), and times on the same input tile:
   provider at each graph optimisation level of ``--levels`` (``extended``: fusions, NCHW;
   ``all``: also the blocked NCHWc layout, ONNX Runtime's layout optimisation for CPU
   convolutions; its CPU provider has no float NHWC option). The timed call includes making the
-  channels-last tile a contiguous NCHW array, as the runtime takes it.
+  channels-last tile a contiguous NCHW array, as the runtime takes it. PixNet's DFFN blocks run
+  in strips of rows without autograd on the CPU (:class:`hexpress.models.pixnet.DFFN`) and are
+  exported so (strips joined by ``ScatterND``); ``--whole-dffn`` exports them as one pass each.
 
 Each is timed as the median of ``--repeats`` calls after one warm-up call, in seconds per tile;
 ``speedup`` is torch's median over the runtime's. ``max_abs_dev_over_std`` is the largest absolute
@@ -24,7 +26,7 @@ The machine's own rate (a 2048 x 2048 float32 ``torch.matmul``, the helper of
 (counted on the meta device) over its seconds.
 
 Usage: ``python benchmarks/bench_onnx.py [--tile-px 1024 2048] [--threads 2] [--repeats 5]
-[--levels extended,all] [--exporter dynamo|torchscript]``. ``--model test_pixnet --tile-px 128``
+[--levels extended,all] [--exporter dynamo|torchscript] [--whole-dffn]``. ``--model test_pixnet --tile-px 128``
 runs in seconds. Prints one JSON object on stdout (progress on stderr).
 """
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -48,6 +51,7 @@ from hexpress.infer.engine import core_region, dense_forward
 from hexpress.infer.onnx_export import EXPORTERS, GRAPH_LEVELS, export_onnx, ort_session
 from hexpress.models import create_model
 from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.pixnet import DFFN
 
 
 def _speed_bench():
@@ -74,6 +78,15 @@ def _margin(model, tile_px: int, align: int) -> int:
     """The receptive field, or the largest aligned margin leaving a core of half the tile."""
     room = (tile_px // 4) // align * align
     return min(int(model.receptive_field_px), room)
+
+
+def _whole_dffn(model):
+    """A copy of ``model`` whose DFFN blocks run in one pass, not in strips of rows."""
+    whole = copy.deepcopy(model)
+    for mod in whole.modules():
+        if isinstance(mod, DFFN):
+            mod.strip_bytes = 1 << 62
+    return whole
 
 
 def bench_tile(args, model, tile_px: int, speed) -> dict:
@@ -108,8 +121,9 @@ def bench_tile(args, model, tile_px: int, speed) -> dict:
     }  # fmt: skip
     print(json.dumps({"tile_px": tile_px, "torch": out["torch"]}), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
+    exported = _whole_dffn(model) if args.whole_dffn else model
     with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
-        graph = export_onnx(model, grid.tile_px, region=region, exporter=args.exporter)
+        graph = export_onnx(exported, grid.tile_px, region=region, exporter=args.exporter)
     out["seconds_export"] = round(time.perf_counter() - t0, 2)
     out["graph_mb"] = round(len(graph) / 2**20, 2)
     for level in args.levels:
@@ -146,6 +160,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--levels", default="extended,all", help=f"comma list of {GRAPH_LEVELS}")
     p.add_argument("--exporter", default="dynamo", choices=EXPORTERS)
+    p.add_argument(
+        "--whole-dffn", action="store_true",
+        help="export the DFFN blocks as one pass each (default: in strips of rows, as torch runs)",
+    )  # fmt: skip
     p.add_argument("--model", default="pixnet_lite0", help="dense model (test_pixnet: checks)")
     p.add_argument("--n-genes", type=int, default=250)
     args = p.parse_args()
@@ -164,6 +182,7 @@ def main() -> None:
         "threads": args.threads,
         "repeats": args.repeats,
         "exporter": args.exporter,
+        "ort_dffn": "whole" if args.whole_dffn else "strips",
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
         "receptive_field_px": int(model.receptive_field_px),
