@@ -1,7 +1,9 @@
 """Expression of any units, aggregated from an on-disk dense map block by block.
 
-The map is read in spatial blocks (with a halo that holds every footprint whose centre falls in
-the block), so memory is bounded by the block, not the slide. Within a block:
+The map is read in windows of whole chunks, each chunk read and decoded once (for every unit set
+of :func:`aggregate_geometries` together), and cut into blocks, so memory is bounded by the
+block, not the slide. A unit is summed over the part of its footprint in each block it touches
+and the parts are added up: no block needs a halo. Within a block:
 
 * **squares** (bins) use a summed-area table: the input-pixel sum of a nearest-upsampled map over
   ``[X0, X1) x [Y0, Y1)`` is ``stride**2`` times a bilinear read of the cell-level table at
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import anndata as ad
@@ -41,6 +44,7 @@ from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
 
 __all__ = [
+    "aggregate_geometries",
     "aggregate_units",
     "unit_sums",
     "finish_units",
@@ -56,11 +60,10 @@ PREDICTION_NOTE = (
 )
 
 
-def _block_cells(n_channels: int, halo: int, memory_mb: float) -> int:
-    # float64 values + table + cumsum temporary, plus the float32 read: ~ (3*8 + 4) B per value
+def _block_cells(n_channels: int, memory_mb: float) -> int:
+    # float64 values + table + cumsum temporary, plus the float32 window: ~ (3*8 + 4) B per value
     per_cell = (n_channels + 1) * 28
-    side = int(math.sqrt(memory_mb * 2**20 / per_cell)) - 2 * halo
-    return max(32, side)
+    return max(32, int(math.sqrt(memory_mb * 2**20 / per_cell)))
 
 
 def _interp(S: np.ndarray, width: int, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -90,16 +93,6 @@ def _square_pixel_bounds(c: np.ndarray, side: np.ndarray) -> tuple[np.ndarray, n
     return p0, p1
 
 
-def _read_window(dm: DenseMap, y0: int, y1: int, x0: int, x1: int, dtype=np.float64) -> np.ndarray:
-    """``(h, w, C+1)``: map values with NaN -> 0, and the coverage channel last."""
-    vals, cov = dm.read(y0, y1, x0, x1)
-    out = np.empty(vals.shape[:2] + (vals.shape[2] + 1,), dtype=dtype)
-    out[..., :-1] = vals
-    out[..., -1] = cov
-    out[~cov] = 0.0  # uncovered cells are NaN in the map
-    return out
-
-
 def _grid_bins(y0, y1, x0, x1, s):
     """``(k, off_y, off_x)`` when the bins are whole cells of one size ``k`` on a ``k``-grid."""
     if not (len(y0) and all(np.all(v % s == 0) for v in (y0, y1, x0, x1))):
@@ -115,90 +108,255 @@ def _grid_bins(y0, y1, x0, x1, s):
     return k, off_y, off_x
 
 
-def _pooled_sums(dm, wy0, wx0, wy1, wx1, y0, x0, grid):
-    """Sums of bins that are whole cells on a regular grid: pool the window, one read per bin."""
-    k, off_y, off_x = grid
-    s = dm.stride
-    iy = ((y0 // s).astype(np.int64) - off_y) // k
-    ix = ((x0 // s).astype(np.int64) - off_x) // k
-    if k == 1:  # one cell per bin: read the cells themselves
-        vals, cov = dm.read(wy0, wy1, wx0, wx1)
-        out = np.empty((len(iy), vals.shape[2] + 1), dtype=np.float32)
-        out[:, :-1] = vals[iy, ix]
-        out[:, -1] = cov[iy, ix]
-        out[out[:, -1] == 0] = 0.0
+class _Scratch:
+    """Reused flat buffers: big windows are not mapped and faulted in afresh for every block."""
+
+    def __init__(self):
+        self._bufs: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        n = math.prod(shape)
+        buf = self._bufs.get(name)
+        if buf is None or buf.size < n or buf.dtype != dtype:
+            buf = self._bufs[name] = np.empty(n, dtype=dtype)
+        return buf[:n].reshape(shape)
+
+
+class _Window:
+    """One block of map cells ``[y0, y1) x [x0, x1)`` (inside the map), in the forms its units need.
+
+    ``raw`` and ``cov`` are the float16 values and coverage of the block (views of the read
+    window). ``f32`` and ``f64`` are ``(h, w, C + 1)``: the values with uncovered (NaN) cells 0
+    and the coverage channel last; ``table`` is the float64 summed-area table of ``f64``, flat
+    ``((h + 1) * (w + 1), C + 1)``. Each is made once, on first use.
+    """
+
+    def __init__(self, raw, cov, y0, x0, scratch: _Scratch):
+        self.raw, self.cov, self.y0, self.x0 = raw, cov, y0, x0
+        self.h, self.w = cov.shape
+        self.c1 = raw.shape[2] + 1
+        self._scratch = scratch
+        self._f32 = self._f64 = self._table = None
+
+    def _fill(self, name, dtype):
+        out = self._scratch.get(name, (self.h, self.w, self.c1), dtype)
+        out[..., :-1] = self.raw
+        out[..., -1] = self.cov
+        if not self.cov.all():
+            out[~self.cov] = 0.0  # uncovered cells are NaN in the map
         return out
-    A = _read_window(dm, wy0, wy1, wx0, wx1, dtype=np.float32)
-    h, w = A.shape[:2]
-    hh, ww = (h - off_y) // k, (w - off_x) // k
-    A = A[off_y : off_y + hh * k, off_x : off_x + ww * k].reshape(hh, k, ww, k, A.shape[2])
-    return A.sum(axis=(1, 3))[iy, ix]
+
+    @property
+    def f32(self) -> np.ndarray:
+        if self._f32 is None:
+            self._f32 = self._fill("f32", np.float32)
+        return self._f32
+
+    @property
+    def f64(self) -> np.ndarray:
+        if self._f64 is None:
+            self._f64 = self._fill("f64", np.float64)
+        return self._f64
+
+    @property
+    def table(self) -> np.ndarray:
+        if self._table is None:
+            h, w, c1 = self.h, self.w, self.c1
+            A = self._scratch.get("cumsum", (h, w, c1), np.float64)
+            np.cumsum(self.f64, axis=0, out=A)
+            S = self._scratch.get("table", (h + 1, w + 1, c1), np.float64)
+            S[0] = 0.0
+            S[:, 0] = 0.0
+            np.cumsum(A, axis=1, out=S[1:, 1:])
+            self._table = S.reshape(-1, c1)
+        return self._table
 
 
-def _square_sums(dm, centers_in, side_in, groups, block, halo, bar):
-    s = dm.stride
-    n = len(centers_in)
-    C1 = dm.shape[2] + 1
-    # float32 storage: each sum is formed in float64 (tables) or from few cells, then stored
-    sums = np.empty((n, C1), dtype=np.float32)
-    px0, px1 = _square_pixel_bounds(centers_in[:, 0], side_in)
-    py0, py1 = _square_pixel_bounds(centers_in[:, 1], side_in)
-    H, W = dm.shape[:2]
-    # the footprint's pixels on the map (as the in-memory weights count them)
-    full = np.clip(np.minimum(px1, W * s) - np.maximum(px0, 0), 0, None) * np.clip(
-        np.minimum(py1, H * s) - np.maximum(py0, 0), 0, None
-    )
-    for (by, bx), idx in groups:
-        wy0, wx0 = by * block - halo, bx * block - halo
-        wy1, wx1 = (by + 1) * block + halo, (bx + 1) * block + halo
-        oy, ox = wy0 * s, wx0 * s
-        y0, y1 = py0[idx] - oy, py1[idx] - oy
-        x0, x1 = px0[idx] - ox, px1[idx] - ox
-        grid = _grid_bins(y0, y1, x0, x1, s)
-        if grid is not None:  # Visium HD-like bins on the map's grid: no table needed
-            sums[idx] = _pooled_sums(dm, wy0, wx0, wy1, wx1, y0, x0, grid) * (s * s)
-            bar.update(1)
-            continue
-        A = _read_window(dm, wy0, wy1, wx0, wx1)
-        h, w = A.shape[:2]
-        S = np.zeros((h + 1, w + 1, C1), dtype=np.float64)
-        np.cumsum(A, axis=0, out=A)
-        np.cumsum(A, axis=1, out=S[1:, 1:])
-        del A
-        S = S.reshape(-1, C1)
-        # pixel bounds relative to the window, clipped to it, in (fractional) cells
-        y0, y1 = np.clip(y0, 0, h * s) / s, np.clip(y1, 0, h * s) / s
-        x0, x1 = np.clip(x0, 0, w * s) / s, np.clip(x1, 0, w * s) / s
-        sums[idx] = (
+class _Squares:
+    """Per-unit sums of squares: pooled cells for bins on the map's grid, else a table read."""
+
+    def __init__(self, dm: DenseMap, units: Units):
+        s = dm.stride
+        H, W = dm.shape[:2]
+        c = units.centers_model_px(dm.slide_mpp, dm.model_mpp)
+        side = units.size_um / dm.model_mpp
+        self.px0, self.px1 = _square_pixel_bounds(c[:, 0], side)
+        self.py0, self.py1 = _square_pixel_bounds(c[:, 1], side)
+        # the footprint's pixels on the map (as the in-memory weights count them)
+        self.full = np.clip(
+            np.minimum(self.px1, W * s) - np.maximum(self.px0, 0), 0, None
+        ) * np.clip(np.minimum(self.py1, H * s) - np.maximum(self.py0, 0), 0, None)
+        self.grid = _grid_bins(self.py0, self.py1, self.px0, self.px1, s)
+        self.stride = s
+        # float32 storage: each sum is formed in float64 (tables) or from few cells, then stored
+        self.sums = np.zeros((len(units), dm.shape[2] + 1), dtype=np.float32)
+
+    def cells(self) -> tuple[np.ndarray, ...]:
+        """Cells ``[y0, y1) x [x0, x1)`` each footprint touches."""
+        s = self.stride
+        return (
+            np.floor(self.py0 / s), np.ceil(self.py1 / s),
+            np.floor(self.px0 / s), np.ceil(self.px1 / s),
+        )  # fmt: skip
+
+    def add(self, win: _Window, idx: np.ndarray) -> None:
+        s = self.stride
+        if self.grid is not None:  # Visium HD-like bins on the map's grid: no table needed
+            self.sums[idx] += self._pooled(win, idx) * (s * s)
+            return
+        h, w = win.h, win.w
+        oy, ox = win.y0 * s, win.x0 * s
+        # pixel bounds relative to the window, clipped to it, in (fractional) cells: the part of
+        # each footprint in this window (the rest is summed in the windows it also touches)
+        y0 = np.clip(self.py0[idx] - oy, 0, h * s) / s
+        y1 = np.clip(self.py1[idx] - oy, 0, h * s) / s
+        x0 = np.clip(self.px0[idx] - ox, 0, w * s) / s
+        x1 = np.clip(self.px1[idx] - ox, 0, w * s) / s
+        S = win.table
+        self.sums[idx] += (
             (_interp(S, w, y1, x1) - _interp(S, w, y0, x1) - _interp(S, w, y1, x0))
             + _interp(S, w, y0, x0)
         ) * (s * s)
-        bar.update(1)
-    return sums, full
+
+    def _pooled(self, win: _Window, idx: np.ndarray) -> np.ndarray:
+        """Sums of the bins' cells in this window: the window pooled ``k x k``, one read per bin."""
+        k, off_y, off_x = self.grid
+        s = self.stride
+        # each bin's index on the bin grid, relative to the first bin the window touches
+        j0 = (win.y0 - off_y) // k
+        i0 = (win.x0 - off_x) // k
+        jy = ((self.py0[idx] // s).astype(np.int64) - off_y) // k - j0
+        jx = ((self.px0[idx] // s).astype(np.int64) - off_x) // k - i0
+        A = win.f32
+        if k == 1:  # one cell per bin: read the cells themselves
+            return A[jy, jx]
+        # the bins the window touches, whole: the window zero-padded to the bin grid
+        top, left = win.y0 - (off_y + j0 * k), win.x0 - (off_x + i0 * k)
+        hh, ww = -(-(top + win.h) // k), -(-(left + win.w) // k)
+        if top or left or hh * k != win.h or ww * k != win.w:
+            P = np.zeros((hh * k, ww * k, A.shape[2]), dtype=A.dtype)
+            P[top : top + win.h, left : left + win.w] = A
+            A = P
+        return A.reshape(hh, k, ww, k, A.shape[2]).sum(axis=(1, 3))[jy, jx]
 
 
-def _footprint_sums(dm, units, groups, block, halo, bar):
-    from hexpress.models.aggregate import footprint_weights
+class _Footprints:
+    """Per-unit sums of discs and polygons: exact footprint weights on each window."""
 
-    s = dm.stride
-    C1 = dm.shape[2] + 1
-    sums = np.zeros((len(units), C1), dtype=np.float64)
-    full = np.zeros(len(units), dtype=np.float64)
-    for (by, bx), idx in groups:
-        wy0, wx0 = by * block - halo, bx * block - halo
-        wy1, wx1 = (by + 1) * block + halo, (bx + 1) * block + halo
-        A = _read_window(dm, wy0, wy1, wx0, wx1)
-        h, w = A.shape[:2]
-        fp = units.footprints(dm.slide_mpp, dm.model_mpp, index=idx)
-        W = footprint_weights(fp, (h, w), s, origin_px=(wx0 * s, wy0 * s))
-        sums[idx] = W @ A.reshape(-1, C1)
-        # only pixels on the map count (as in the in-memory weights over the whole map)
-        on_map = np.zeros((h, w), dtype=np.float64)
-        H, Wd = dm.shape[:2]
-        on_map[max(0, -wy0) : H - wy0, max(0, -wx0) : Wd - wx0] = 1.0
-        full[idx] = W @ on_map.ravel()
-        bar.update(1)
-    return sums, full
+    def __init__(self, dm: DenseMap, units: Units):
+        self.units, self.dm = units, dm
+        self.stride = dm.stride
+        f = model_px_per_level0_px(dm.slide_mpp, dm.model_mpp)
+        c = units.centers_model_px(dm.slide_mpp, dm.model_mpp)
+        if units.kind == K.POLYGON:
+            lo = np.array([p.min(axis=0) for p in units.polygons]).reshape(-1, 2) * f
+            hi = np.array([p.max(axis=0) for p in units.polygons]).reshape(-1, 2) * f
+        else:
+            r = (units.size_um / dm.model_mpp / 2)[:, None]
+            lo, hi = c - r, c + r
+        # input pixels whose centres may lie inside, with a pixel to spare on each side
+        self._px = (np.floor(lo) - 1, np.ceil(hi) + 1)
+        self.sums = np.zeros((len(units), dm.shape[2] + 1), dtype=np.float64)
+        self.full = np.zeros(len(units), dtype=np.float64)
+
+    def cells(self) -> tuple[np.ndarray, ...]:
+        s = self.stride
+        (x0, y0), (x1, y1) = self._px[0].T, self._px[1].T
+        return np.floor(y0 / s), np.ceil(y1 / s), np.floor(x0 / s), np.ceil(x1 / s)
+
+    def add(self, win: _Window, idx: np.ndarray) -> None:
+        from hexpress.models.aggregate import footprint_weights
+
+        s, dm = self.stride, self.dm
+        fp = self.units.footprints(dm.slide_mpp, dm.model_mpp, index=idx)
+        W = footprint_weights(fp, (win.h, win.w), s, origin_px=(win.x0 * s, win.y0 * s))
+        self.sums[idx] += W @ win.f64.reshape(-1, win.c1)
+        # every cell of a window is on the map: its pixels count (as in the in-memory weights)
+        self.full[idx] += np.asarray(W.sum(axis=1)).ravel()
+
+
+def _edges(n: int, read: int, block: int) -> np.ndarray:
+    """Block edges along one axis of ``n`` cells: read windows of ``read`` cells (whole chunks),
+    each cut into equal blocks of at most ``block`` cells."""
+    pieces = -(-read // block)
+    e = [min(n, r + (i * read) // pieces) for r in range(0, n, read) for i in range(pieces)]
+    return np.unique(np.array(e + [n], dtype=np.int64))
+
+
+def _blocks_of(cells, ey: np.ndarray, ex: np.ndarray, H: int, W: int):
+    """``(block keys, unit indices)`` pairs: every block each unit's cells touch, once."""
+    y0, y1, x0, x1 = (np.asarray(v, dtype=np.int64) for v in cells)
+    y0, x0 = np.maximum(y0, 0), np.maximum(x0, 0)
+    y1, x1 = np.minimum(y1, H), np.minimum(x1, W)
+    on = (y1 > y0) & (x1 > x0)  # units off the map touch no block
+    u = np.flatnonzero(on)
+    by0 = np.searchsorted(ey, y0[u], side="right") - 1
+    by1 = np.searchsorted(ey, y1[u] - 1, side="right") - 1
+    bx0 = np.searchsorted(ex, x0[u], side="right") - 1
+    bx1 = np.searchsorted(ex, x1[u] - 1, side="right") - 1
+    nx = bx1 - bx0 + 1
+    count = (by1 - by0 + 1) * nx
+    if np.all(count == 1):
+        by, bx = by0, bx0
+    else:  # units across block edges: one entry per block they touch
+        rep = np.repeat(np.arange(len(u)), count)
+        k = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
+        by, bx = by0[rep] + k // nx[rep], bx0[rep] + k % nx[rep]
+        u = u[rep]
+    return by * (len(ex) - 1) + bx, u
+
+
+def _sums_pass(dm: DenseMap, unit_sets, memory_mb: float, progress: bool) -> list:
+    """Sums of every unit set in one pass over the map (each chunk read and decoded once).
+
+    The map is read in windows of whole chunks and cut into blocks bounded by ``memory_mb``; a
+    unit is summed over the part of its footprint in each block it touches, and those parts are
+    added up (a footprint's sum over its pixels is the sum of its parts), so no block needs a
+    halo and no chunk is decoded twice.
+    """
+    H, W, C = dm.shape
+    block = _block_cells(C, memory_mb)
+    ch_y, ch_x = dm.chunks[:2]
+    read_y, read_x = ch_y * max(1, block // ch_y), ch_x * max(1, block // ch_x)
+    ey, ex = _edges(H, read_y, block), _edges(W, read_x, block)
+    sets, per_set = [], []
+    for units in unit_sets:
+        if units.kind not in K.GEOMETRIES:
+            raise ConfigError(f"unit kind must be one of {K.GEOMETRIES}, got {units.kind!r}.")
+        agg = _Squares(dm, units) if units.kind == K.SQUARE else _Footprints(dm, units)
+        keys, idx = _blocks_of(agg.cells(), ey, ex, H, W)
+        order = np.argsort(keys, kind="stable")
+        keys, idx = keys[order], idx[order]
+        uniq, starts = np.unique(keys, return_index=True)
+        ends = np.append(starts[1:], len(keys))
+        sets.append(agg)
+        per_set.append({int(b): idx[a:e] for b, a, e in zip(uniq, starts, ends, strict=True)})
+    blocks = sorted(set().union(*per_set)) if per_set else []
+    n_bx = len(ex) - 1
+    # blocks in reading order: the blocks of one read window one after the other
+    blocks.sort(key=lambda b: (ey[b // n_bx] // read_y, ex[b % n_bx] // read_x, b))
+    scratch, current, raw, cov = _Scratch(), None, None, None
+    desc = "aggregating " + ", ".join(u.name for u in unit_sets)
+    with tqdm(total=len(blocks), desc=desc, unit="block", disable=not progress, leave=False) as bar:
+        for b in blocks:
+            y0, y1 = int(ey[b // n_bx]), int(ey[b // n_bx + 1])
+            x0, x1 = int(ex[b % n_bx]), int(ex[b % n_bx + 1])
+            ry, rx = (y0 // read_y) * read_y, (x0 // read_x) * read_x
+            if current != (ry, rx):
+                raw = cov = None  # the last window's memory goes before the next is read
+                ry1, rx1 = min(H, ry + read_y), min(W, rx + read_x)
+                raw, cov = dm.read(ry, ry1, rx, rx1, dtype=np.float16)
+                current = (ry, rx)
+            win = _Window(
+                raw[y0 - ry : y1 - ry, x0 - rx : x1 - rx], cov[y0 - ry : y1 - ry, x0 - rx : x1 - rx],
+                y0, x0, scratch,
+            )  # fmt: skip
+            for agg, groups in zip(sets, per_set, strict=True):
+                idx = groups.get(b)
+                if idx is not None:
+                    agg.add(win, idx)
+            bar.update(1)
+    return [(agg.sums, agg.full) for agg in sets]
 
 
 def unit_sums(
@@ -217,41 +375,16 @@ def unit_sums(
         progress: progress bar over blocks.
 
     Returns:
-        ``(sums, full)``: ``(n, C + 1)`` float32 (squares) or float64 pixel-weighted sums of the ``C`` channels (NaN
-        cells count 0) and, last, of coverage (covered input pixels); ``(n,)`` input pixels in
-        each footprint.
+        ``(sums, full)``: ``(n, C + 1)`` float32 (squares) or float64 pixel-weighted sums of the
+        ``C`` channels (NaN cells count 0) and, last, of coverage (covered input pixels);
+        ``(n,)`` input pixels of each footprint on the map.
     """
-    if units.kind not in K.GEOMETRIES:
-        raise ConfigError(f"unit kind must be one of {K.GEOMETRIES}, got {units.kind!r}.")
-    s = dm.stride
-    centers_in = units.centers_model_px(dm.slide_mpp, dm.model_mpp)
-    if units.kind == K.POLYGON:
-        ext = max((float(np.ptp(p, axis=0).max()) for p in units.polygons), default=0.0)
-        # any vertex is within the polygon's extent of its centroid
-        reach = ext * model_px_per_level0_px(dm.slide_mpp, dm.model_mpp)
-    else:
-        reach = float(np.max(units.size_um, initial=0.0)) / dm.model_mpp / 2
-    halo = int(math.ceil(reach / s)) + 1
-    block = _block_cells(dm.shape[2], halo, memory_mb)
-    cy = np.floor(centers_in[:, 1] / s).astype(np.int64)
-    cx = np.floor(centers_in[:, 0] / s).astype(np.int64)
-    by, bx = np.floor_divide(cy, block), np.floor_divide(cx, block)
-    n_bx = int(bx.max(initial=0) - bx.min(initial=0)) + 1
-    key = (by - by.min(initial=0)) * n_bx + (bx - bx.min(initial=0))
-    order = np.argsort(key, kind="stable")
-    uniq, starts = np.unique(key[order], return_index=True)
-    ends = np.append(starts[1:], len(order))
-    groups = [
-        ((int(by[order[a]]), int(bx[order[a]])), order[a:b])
-        for a, b in zip(starts, ends, strict=True)
-    ]
-    desc = f"aggregating {units.name}"
-    with tqdm(total=len(groups), desc=desc, unit="block", disable=not progress, leave=False) as bar:
-        if units.kind == K.SQUARE:
-            return _square_sums(
-                dm, centers_in, units.size_um / dm.model_mpp, groups, block, halo, bar
-            )
-        return _footprint_sums(dm, units, groups, block, halo, bar)
+    return _sums_pass(dm, [units], memory_mb, progress)[0]
+
+
+#: rows of :func:`finish_units` at a time: its float64 temporaries stay in cache-sized pieces
+#: instead of gigabytes for millions of bins (the result is the same row by row)
+_FINISH_ROWS = 8192
 
 
 def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.0) -> np.ndarray:
@@ -260,18 +393,22 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
     Field: mean of each gene channel over the covered pixels. Density: ``log1p(scale *
     gene / total)`` of the summed gene and total channels.
     """
-    covered = sums[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if mode == "field":
-            out = sums[:, :n_genes] / covered[:, None]
-        elif mode == "density":
-            # as in training (models.aggregate.predict_units): a covered unit whose predicted
-            # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN
-            out = normalize_counts(sums[:, :n_genes], sums[:, n_genes], scale)
-        else:
-            raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
-    out[covered <= 0] = np.nan
-    return out.astype(np.float32)
+    if mode not in ("field", "density"):
+        raise ConfigError(f"map mode must be 'field' or 'density', got {mode!r}.")
+    out = np.empty((len(sums), n_genes), dtype=np.float32)
+    for a in range(0, len(sums), _FINISH_ROWS):
+        part = sums[a : a + _FINISH_ROWS]
+        covered = part[:, -1]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if mode == "field":
+                rows = part[:, :n_genes] / covered[:, None]
+            else:
+                # as in training (models.aggregate.predict_units): a covered unit whose predicted
+                # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN
+                rows = normalize_counts(part[:, :n_genes], part[:, n_genes], scale)
+        rows[covered <= 0] = np.nan
+        out[a : a + _FINISH_ROWS] = rows
+    return out
 
 
 def _uns_from_map(dm: DenseMap, units: Units) -> dict:
@@ -298,6 +435,76 @@ def _uns_from_map(dm: DenseMap, units: Units) -> dict:
     }
 
 
+def _to_anndata(dm: DenseMap, units: Units, sums, full, drop_uncovered: bool) -> ad.AnnData:
+    n_genes = len(dm.genes)
+    X = finish_units(sums, dm.mode, n_genes, scale=float(dm.normalization.get("scale", 1.0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        coverage = np.where(full > 0, sums[:, -1] / full, 0.0).astype(np.float32)
+    none = coverage <= 0
+    if none.any():
+        if drop_uncovered:
+            keep = ~none
+            units, X, coverage = units.subset(keep), X[keep], coverage[keep]
+        else:
+            log.warning(
+                "%d of %d %s have no predicted map cell under them (no tissue there); "
+                "their predictions are NaN",
+                int(none.sum()),
+                len(none),
+                units.name,
+            )
+    return units.to_anndata(
+        X,
+        genes=list(dm.genes),
+        uns=_uns_from_map(dm, units),
+        obs={"map_coverage": coverage},
+    )
+
+
+def aggregate_geometries(
+    dm: DenseMap,
+    unit_sets: Sequence[Units],
+    *,
+    memory_mb: float = 512.0,
+    drop_uncovered: bool | Sequence[bool] = False,
+    progress: bool = True,
+) -> Iterator[ad.AnnData]:
+    """Predict several unit sets (e.g. 2, 8 and 16 µm bins and cells) in one pass over the map.
+
+    Each chunk of the map is read and decoded once for all the sets, instead of once per set;
+    each set's AnnData is the one :func:`aggregate_units` gives for it alone.
+
+    Args:
+        dm: the map (:func:`hexpress.infer.open_dense_map`).
+        unit_sets: the unit sets, each as :func:`aggregate_units` takes it.
+        memory_mb: rough bound on one block's memory (the sums of all the sets are held until
+            the pass ends: ``(n, C + 1)`` float32 per set of squares, float64 otherwise).
+        drop_uncovered: as in :func:`aggregate_units`, one for all sets or one per set.
+        progress: progress bar over blocks.
+
+    Returns:
+        An iterator of one AnnData per set, in order; the pass runs when the first is asked for,
+        and each set's sums are freed once its AnnData is made.
+    """
+    unit_sets = list(unit_sets)
+    drops = (
+        [bool(drop_uncovered)] * len(unit_sets)
+        if isinstance(drop_uncovered, bool)
+        else [bool(d) for d in drop_uncovered]
+    )
+    if len(drops) != len(unit_sets):
+        raise ConfigError(
+            f"drop_uncovered has {len(drops)} values for {len(unit_sets)} unit sets; give one "
+            "for all or one per set."
+        )
+    results = _sums_pass(dm, unit_sets, memory_mb, progress)
+    for i, (units, drop) in enumerate(zip(unit_sets, drops, strict=True)):
+        sums, full = results[i]
+        results[i] = None  # its sums go once its AnnData is made
+        yield _to_anndata(dm, units, sums, full, drop)
+        del sums, full
+
+
 def aggregate_units(
     dm: DenseMap,
     units: Units,
@@ -322,29 +529,7 @@ def aggregate_units(
         ``uns["hexpress"]`` genes, normalisation, model, model_mpp, slide mpp.
     """
     sums, full = unit_sums(dm, units, memory_mb=memory_mb, progress=progress)
-    n_genes = len(dm.genes)
-    X = finish_units(sums, dm.mode, n_genes, scale=float(dm.normalization.get("scale", 1.0)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        coverage = np.where(full > 0, sums[:, -1] / full, 0.0).astype(np.float32)
-    none = coverage <= 0
-    if none.any():
-        if drop_uncovered:
-            keep = ~none
-            units, X, coverage = units.subset(keep), X[keep], coverage[keep]
-        else:
-            log.warning(
-                "%d of %d %s have no predicted map cell under them (no tissue there); "
-                "their predictions are NaN",
-                int(none.sum()),
-                len(none),
-                units.name,
-            )
-    return units.to_anndata(
-        X,
-        genes=list(dm.genes),
-        uns=_uns_from_map(dm, units),
-        obs={"map_coverage": coverage},
-    )
+    return _to_anndata(dm, units, sums, full, drop_uncovered)
 
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:

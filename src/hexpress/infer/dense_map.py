@@ -110,15 +110,25 @@ class DenseMap:
         )
 
     # -- data ----------------------------------------------------------------------------------
-    def read(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(
+        self, y0: int, y1: int, x0: int, x1: int, *, dtype=np.float32
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Read map cells ``[y0:y1, x0:x1]``, padding outside the map as not covered.
 
+        Args:
+            y0, y1, x0, x1: the cells (any range; cells outside the map are not covered).
+            dtype: of the values; ``np.float16`` gives the stored values without a conversion
+                (and, for a window inside the map, without a copy).
+
         Returns:
-            ``(values, covered)``: ``(h, w, C)`` float32 with NaN where not covered, and
+            ``(values, covered)``: ``(h, w, C)`` ``dtype`` with NaN where not covered, and
             ``(h, w)`` bool.
         """
         H, W, C = self.shape
-        vals = np.full((y1 - y0, x1 - x0, C), np.nan, dtype=np.float32)
+        if 0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W:  # inside the map: nothing to pad
+            vals = self._group["map"][y0:y1, x0:x1].astype(dtype, copy=False)
+            return vals, np.asarray(self._group["coverage"][y0:y1, x0:x1], dtype=bool)
+        vals = np.full((y1 - y0, x1 - x0, C), np.nan, dtype=dtype)
         cov = np.zeros((y1 - y0, x1 - x0), dtype=bool)
         cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
         if cy1 > cy0 and cx1 > cx0:
