@@ -142,16 +142,18 @@ def main() -> None:
             from hexpress.infer.aggregate_disk import aggregate_geometries
 
             t0 = time.perf_counter()
+            n_whole = sum(len(units[um]) for um in whole)
+            # the pass runs when the first AnnData is asked for: time until the last one
             res = aggregate_geometries(
                 dm, [units[um] for um in whole], memory_mb=args.memory_mb, progress=False
             )
-            dt = time.perf_counter() - t0
-            n_whole = sum(len(units[um]) for um in whole)
             for um, a in zip(whole, res, strict=True):
-                assert a.n_obs == len(units[um]), (a.shape, len(units[um]))
-                seconds[um] = dt * len(units[um]) / n_whole
+                assert a.n_obs == len(units[um]) and a.n_vars == args.channels - 1
                 blocks[um] = 1
-            del res
+                del a
+            dt = time.perf_counter() - t0
+            for um in whole:
+                seconds[um] = dt * len(units[um]) / n_whole
         for um in sizes:
             if um in whole and not args.separate:
                 continue

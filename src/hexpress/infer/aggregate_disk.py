@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anndata as ad
@@ -345,31 +346,42 @@ def _sums_pass(dm: DenseMap, unit_sets, memory_mb: float, progress: bool) -> lis
         ends = np.append(starts[1:], len(keys))
         sets.append(agg)
         per_set.append({int(b): idx[a:e] for b, a, e in zip(uniq, starts, ends, strict=True)})
-    blocks = sorted(set().union(*per_set)) if per_set else []
     n_bx = len(ex) - 1
-    # blocks in reading order: the blocks of one read window one after the other
-    blocks.sort(key=lambda b: (ey[b // n_bx] // read_y, ex[b % n_bx] // read_x, b))
-    scratch, current, raw, cov = _Scratch(), None, None, None
+    # the blocks of each read window, windows in reading order
+    windows: dict[tuple[int, int], list[int]] = {}
+    for b in sorted(set().union(*per_set)) if per_set else []:
+        windows.setdefault((int(ey[b // n_bx]) // read_y, int(ex[b % n_bx]) // read_x), []).append(
+            b
+        )
+    order = sorted(windows)
+
+    def read(key):
+        ry, rx = key[0] * read_y, key[1] * read_x
+        return dm.read(ry, min(H, ry + read_y), rx, min(W, rx + read_x), dtype=np.float16)
+
+    scratch = _Scratch()
     desc = "aggregating " + ", ".join(u.name for u in unit_sets)
-    with tqdm(total=len(blocks), desc=desc, unit="block", disable=not progress, leave=False) as bar:
-        for b in blocks:
-            y0, y1 = int(ey[b // n_bx]), int(ey[b // n_bx + 1])
-            x0, x1 = int(ex[b % n_bx]), int(ex[b % n_bx + 1])
-            ry, rx = (y0 // read_y) * read_y, (x0 // read_x) * read_x
-            if current != (ry, rx):
-                raw = cov = None  # the last window's memory goes before the next is read
-                ry1, rx1 = min(H, ry + read_y), min(W, rx + read_x)
-                raw, cov = dm.read(ry, ry1, rx, rx1, dtype=np.float16)
-                current = (ry, rx)
-            win = _Window(
-                raw[y0 - ry : y1 - ry, x0 - rx : x1 - rx], cov[y0 - ry : y1 - ry, x0 - rx : x1 - rx],
-                y0, x0, scratch,
-            )  # fmt: skip
-            for agg, groups in zip(sets, per_set, strict=True):
-                idx = groups.get(b)
-                if idx is not None:
-                    agg.add(win, idx)
-            bar.update(1)
+    bar = tqdm(
+        total=sum(map(len, windows.values())), desc=desc, unit="block", disable=not progress,
+        leave=False,
+    )  # fmt: skip
+    # the next window is read and decoded in a thread while this one is summed
+    with bar, ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(read, order[0]) if order else None
+        for i, key in enumerate(order):
+            raw, cov = ahead.result()
+            ahead = pool.submit(read, order[i + 1]) if i + 1 < len(order) else None
+            ry, rx = key[0] * read_y, key[1] * read_x
+            for b in windows[key]:
+                y0, y1 = int(ey[b // n_bx]) - ry, int(ey[b // n_bx + 1]) - ry
+                x0, x1 = int(ex[b % n_bx]) - rx, int(ex[b % n_bx + 1]) - rx
+                win = _Window(raw[y0:y1, x0:x1], cov[y0:y1, x0:x1], y0 + ry, x0 + rx, scratch)
+                for agg, groups in zip(sets, per_set, strict=True):
+                    idx = groups.get(b)
+                    if idx is not None:
+                        agg.add(win, idx)
+                bar.update(1)
+            del raw, cov, win
     return [(agg.sums, agg.full) for agg in sets]
 
 
@@ -398,7 +410,7 @@ def unit_sums(
 
 #: rows of :func:`finish_units` at a time: its float64 temporaries stay in cache-sized pieces
 #: instead of gigabytes for millions of bins (the result is the same row by row)
-_FINISH_ROWS = 8192
+_FINISH_ROWS = 32768
 
 
 def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.0) -> np.ndarray:
