@@ -8,15 +8,17 @@ The default, 3,250 cells of 2 µm with 251 channels, is the map of PixNet-Lite0 
 the total, stride 4 at 0.5 µm/px) over a 6.5 mm x 6.5 mm Visium HD capture area.
 
 Then every ``--bins`` bin of the region is aggregated into AnnData with all the map's genes,
-the way ``hexpress predict --bins 2,8,16`` does it (:func:`hexpress.infer.aggregate_geometries`:
-one pass over the map for every bin size whose bins fit in memory together), or with
-``--separate`` one :func:`hexpress.infer.aggregate_units` call per bin size (the map read once
-per size). Bin sizes with more than ``--block-bins`` bins go in blocks of that many bins, one
-AnnData per block, so memory stays bounded (10.6 M bins of 2 µm x 250 genes are 10.6 GB as one
-float32 matrix).
+the way ``hexpress predict --bins 2,8,16`` does it: the bin sizes whose bins fit in one block
+together (at most ``--block-bins`` bins in all) in one pass over the map
+(:func:`hexpress.infer.aggregate_geometries`: each chunk read once for all of them). A size with
+more bins (10.6 M bins of 2 µm x 250 genes are 10.6 GB as one float32 matrix) gets a pass of its
+own, in blocks of ``--block-bins`` bins, one AnnData per block, so memory stays bounded. With
+``--separate`` every size gets a pass of its own (:func:`hexpress.infer.aggregate_units` per size
+or block: the map read once per size), as before the one pass existed, so that the same command
+times an older version.
 
-Prints one JSON object: bins, seconds and bins per second per bin size (in one pass the seconds
-of the pass are shared out to its sizes by bins), the total, and peak RSS (``VmHWM``).
+Prints one JSON object: bins per size; per pass the sizes, bins, AnnData made, seconds and bins
+per second; the total; peak RSS (``VmHWM``) after writing the map and at the end.
 
 Usage: ``python benchmarks/bench_aggregate.py [--cells 3250] [--channels 251] [--bins 16,8,2]
 [--separate] [--map PATH]``. ``--cells 400`` runs in seconds. ``--map`` keeps the map at PATH
@@ -83,7 +85,7 @@ def _open_or_write(path: Path, cells: int, channels: int, chunk: int):
         try:
             dm = open_dense_map(path)
             if dm.attrs.get("bench") == want:
-                return dm, 0.0
+                return dm, 0.0  # reused: nothing written
         except Exception:  # not a map of this script: write it again
             pass
     t0 = time.perf_counter()
@@ -91,11 +93,29 @@ def _open_or_write(path: Path, cells: int, channels: int, chunk: int):
     return dm, time.perf_counter() - t0
 
 
-def _blocks(units, block_bins: int):
-    n = len(units)
-    if n <= block_bins:
-        return [units]
-    return [units.subset(np.arange(a, min(n, a + block_bins))) for a in range(0, n, block_bins)]
+def _pass(dm, unit_sets, args, one_pass: bool) -> int:
+    """Every unit of ``unit_sets`` into AnnData; the number of AnnData made."""
+    n_vars = args.channels - 1
+    if one_pass:  # every set fits in memory at once
+        # imported here so that --separate also times a version without it
+        from hexpress.infer.aggregate_disk import aggregate_geometries
+
+        # the pass runs when the first AnnData is asked for
+        res = aggregate_geometries(dm, unit_sets, memory_mb=args.memory_mb, progress=False)
+        for units, a in zip(unit_sets, res, strict=True):
+            assert a.n_obs == len(units) and a.n_vars == n_vars, (a.shape, len(units))
+            del a
+        return len(unit_sets)
+    [units] = unit_sets
+    made = 0
+    for start in range(0, len(units), args.block_bins):
+        stop = min(len(units), start + args.block_bins)
+        sub = units if stop - start == len(units) else units.subset(np.arange(start, stop))
+        a = aggregate_units(dm, sub, memory_mb=args.memory_mb, progress=False)
+        assert a.n_obs == len(sub) and a.n_vars == n_vars, (a.shape, len(sub))
+        made += 1
+        del a
+    return made
 
 
 def main() -> None:
@@ -128,50 +148,32 @@ def main() -> None:
     }
     try:
         dm, t_write = _open_or_write(map_path, args.cells, args.channels, args.chunk)
-        out["seconds_write_map"] = round(t_write, 1)
+        out["map_reused"] = t_write == 0.0
+        out["seconds_write_map"] = round(t_write, 2)
         out["peak_rss_mb_after_map"] = peak_rss_mb()
         side = args.cells * STRIDE
         units = {um: grid_bins(side, side, MODEL_MPP, um) for um in sizes}
-        # bin sizes that fit in one block go in one pass; the others block by block
+        for um in sizes:
+            out[f"bins_{um:g}um"] = len(units[um])
+        # one pass for the bin sizes whose bins fit in one block together; the others (or every
+        # size, with --separate) a pass each, in blocks of bins
         whole = [um for um in sizes if len(units[um]) <= args.block_bins]
-        seconds = dict.fromkeys(sizes, 0.0)
-        blocks = dict.fromkeys(sizes, 0)
+        groups = [[um] for um in sizes] if args.separate else []
+        if not args.separate:
+            groups = ([whole] if whole else []) + [[um] for um in sizes if um not in whole]
+        passes = []
         t_all = time.perf_counter()
-        if whole and not args.separate:
-            # imported here so that --separate also times a version without it
-            from hexpress.infer.aggregate_disk import aggregate_geometries
-
+        for group in groups:
             t0 = time.perf_counter()
-            n_whole = sum(len(units[um]) for um in whole)
-            # the pass runs when the first AnnData is asked for: time until the last one
-            res = aggregate_geometries(
-                dm, [units[um] for um in whole], memory_mb=args.memory_mb, progress=False
-            )
-            for um, a in zip(whole, res, strict=True):
-                assert a.n_obs == len(units[um]) and a.n_vars == args.channels - 1
-                blocks[um] = 1
-                del a
+            n = _pass(dm, [units[um] for um in group], args, one_pass=len(group) > 1)
             dt = time.perf_counter() - t0
-            for um in whole:
-                seconds[um] = dt * len(units[um]) / n_whole
-        for um in sizes:
-            if um in whole and not args.separate:
-                continue
-            t0 = time.perf_counter()
-            for sub in _blocks(units[um], args.block_bins):
-                a = aggregate_units(dm, sub, memory_mb=args.memory_mb, progress=False)
-                assert a.n_obs == len(sub) and a.n_vars == args.channels - 1
-                blocks[um] += 1
-                del a
-            seconds[um] = time.perf_counter() - t0
-        t_all = time.perf_counter() - t_all
-        for um in sizes:
-            tag = f"{um:g}um"
-            out[f"bins_{tag}"] = len(units[um])
-            out[f"blocks_{tag}"] = blocks[um]
-            out[f"seconds_{tag}"] = round(seconds[um], 2)
-            out[f"bins_per_s_{tag}"] = round(len(units[um]) / max(seconds[um], 1e-9))
-        out["seconds_total"] = round(t_all, 2)
+            bins = sum(len(units[um]) for um in group)
+            passes.append({
+                "sizes_um": group, "bins": bins, "anndata": n, "seconds": round(dt, 3),
+                "bins_per_s": round(bins / max(dt, 1e-9)),
+            })  # fmt: skip
+        out["seconds_total"] = round(time.perf_counter() - t_all, 3)
+        out["passes"] = passes
         out["peak_rss_mb"] = peak_rss_mb()
     finally:
         if work is not None:

@@ -116,3 +116,103 @@ def test_density_total_underflow_predicts_zero_not_nan():
     np.testing.assert_array_equal(out[0], [0.0, 0.0])
     np.testing.assert_allclose(out[1], np.log1p(10.0 * np.array([2.0, 1.0]) / 4.0), rtol=1e-6)
     assert np.isnan(out[2]).all()  # nothing covered: no prediction
+
+
+def _same_anndata(a, b):
+    np.testing.assert_array_equal(a.X, b.X)
+    assert list(a.obs_names) == list(b.obs_names)
+    assert a.obs.equals(b.obs)
+    np.testing.assert_array_equal(a.obsm["spatial"], b.obsm["spatial"])
+
+
+@pytest.mark.parametrize("mode", ["field", "density"])
+def test_one_pass_over_several_sets_is_each_set_alone(tmp_path, rng, mode):
+    """Every set from one pass is exactly the AnnData of its own call, drop flags per set."""
+    from hexpress.infer import aggregate_geometries
+
+    values = _map(rng, mode)
+    covered = np.ones((H, W), bool)
+    covered[:, 60:] = False  # the bins there have no prediction: dropped or NaN
+    dm = write_map(tmp_path / "m.zarr", values, mode=mode, covered=covered)
+    sets = [
+        grid_bins(720, 560, 0.25, 16.0),
+        grid_bins(720, 560, 0.25, 2.0),
+        grid_bins(720, 560, 0.25, 6.0),  # 3 cells a side: across the 32-cell blocks
+        _units(rng, "square"),
+        _units(rng, "disc"),
+        _units(rng, "polygon"),
+    ]
+    drops = [True, False, True, False, False, True]
+    together = list(
+        aggregate_geometries(dm, sets, memory_mb=0.05, drop_uncovered=drops, progress=False)
+    )
+    assert len(together) == len(sets)
+    for u, drop, a in zip(sets, drops, together, strict=True):
+        alone = aggregate_units(dm, u, memory_mb=0.05, drop_uncovered=drop, progress=False)
+        _same_anndata(a, alone)
+    assert together[0].n_obs < len(sets[0])  # dropped
+    assert together[1].n_obs == len(sets[1]) and np.isnan(together[1].X).any()  # kept, NaN
+
+
+def test_one_pass_flags_must_match_the_sets(tmp_path, rng):
+    from hexpress.errors import ConfigError
+    from hexpress.infer import aggregate_geometries
+
+    dm = write_map(tmp_path / "m.zarr", _map(rng, "field"))
+    sets = [grid_bins(720, 560, 0.25, 16.0)] * 2
+    with pytest.raises(ConfigError, match="2 unit sets"):
+        next(aggregate_geometries(dm, sets, drop_uncovered=[True], progress=False))
+
+
+def test_each_chunk_is_read_once_for_all_sets(tmp_path, rng, monkeypatch):
+    """Windows are whole chunks, none read twice, whatever the sets and the block size."""
+    from hexpress.infer import DenseMap, aggregate_geometries
+
+    values = _map(rng, "field", n_genes=2)
+    dm = write_map(tmp_path / "m.zarr", values, chunk=20)
+    reads = []
+    real = DenseMap.read
+
+    def spy(self, y0, y1, x0, x1, **kw):
+        reads.append((y0, y1, x0, x1))
+        return real(self, y0, y1, x0, x1, **kw)
+
+    monkeypatch.setattr(DenseMap, "read", spy)
+    sets = [grid_bins(720, 560, 0.25, b) for b in (16.0, 8.0, 2.0)] + [_units(rng, "disc")]
+    out = list(aggregate_geometries(dm, sets, memory_mb=0.05, progress=False))
+    assert [a.n_obs for a in out] == [len(u) for u in sets]
+    hits = np.zeros((H, W), int)
+    for y0, y1, x0, x1 in reads:
+        assert y0 % 20 == 0 and x0 % 20 == 0  # chunk-aligned
+        assert ((y1 - y0) % 20 == 0 or y1 == H) and ((x1 - x0) % 20 == 0 or x1 == W)
+        hits[y0:y1, x0:x1] += 1
+    assert hits.max() == 1 and hits.min() == 1  # every cell once: no halo re-reads
+
+
+def test_pooled_bins_across_blocks_brute_force(tmp_path, rng):
+    """Grid bins whose side does not divide the blocks: summed in parts, still exact."""
+    values = _map(rng, "field", n_genes=2)
+    dm = write_map(tmp_path / "m.zarr", values, chunk=64)
+    for um in (6.0, 10.0):  # 3 and 5 cells a side; blocks of 32 cells inside 64-cell chunks
+        bins = grid_bins(720, 560, 0.25, um)
+        Wt = brute_weights(
+            bins.centers_level0_px * F_IN, "square", bins.size_um / 0.5, None, (H, W), STRIDE
+        )
+        small, full = unit_sums(dm, bins, memory_mb=0.05, progress=False)
+        np.testing.assert_allclose(small[:, :2], Wt @ values.reshape(-1, 2), rtol=1e-5)
+        np.testing.assert_allclose(full, np.asarray(Wt.sum(1)).ravel())
+        big, _ = unit_sums(dm, bins, progress=False)  # one block: nothing split
+        np.testing.assert_allclose(small, big, rtol=1e-6)
+
+
+def test_read_as_float16_inside_and_across_the_edge(tmp_path, rng):
+    values = _map(rng, "field", n_genes=2)
+    dm = write_map(tmp_path / "m.zarr", values)
+    v16, cov = dm.read(10, 30, 20, 50, dtype=np.float16)
+    assert v16.dtype == np.float16 and cov.all()
+    np.testing.assert_array_equal(v16, values[10:30, 20:50].astype(np.float16))
+    v, cov = dm.read(H - 5, H + 5, -3, 4, dtype=np.float16)
+    assert v.dtype == np.float16 and cov[:5, 3:].all() and not cov[5:].any()
+    assert not cov[:, :3].any() and np.isnan(v[5:]).all()
+    v32, _ = dm.read(H - 5, H + 5, -3, 4)
+    np.testing.assert_array_equal(v32, v.astype(np.float32))

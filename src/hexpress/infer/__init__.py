@@ -1,6 +1,7 @@
 """Whole-slide inference: dense maps on disk and expression of any units from them."""
 
 from hexpress.infer.aggregate_disk import (
+    aggregate_geometries,
     aggregate_units,
     finish_units,
     unit_sums,
@@ -31,6 +32,7 @@ __all__ = [
     "TileGrid",
     "TissueMask",
     "Units",
+    "aggregate_geometries",
     "aggregate_units",
     "create_dense_map",
     "detect_tissue",

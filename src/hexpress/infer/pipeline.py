@@ -27,7 +27,7 @@ from hexpress import _keys as K
 from hexpress._files import write_json
 from hexpress.data.stain import stain_normalized
 from hexpress.errors import DataMismatchError, OutputExistsError
-from hexpress.infer.aggregate_disk import aggregate_units, write_h5ad_atomic
+from hexpress.infer.aggregate_disk import aggregate_geometries, write_h5ad_atomic
 from hexpress.infer.engine import ModelInfo, model_info, predict_slide
 from hexpress.infer.patch_engine import predict_patches
 from hexpress.infer.preview import write_previews
@@ -205,11 +205,16 @@ def predict_one(
     t_map = time.perf_counter() - t0
     thumbs = None
     library = Path(slide.path).stem if slide.path is not None else "slide"
-    for u, drop in geometries:
-        if dm is not None:
-            a = aggregate_units(
-                dm, u, memory_mb=opts.memory_mb, drop_uncovered=drop, progress=opts.progress
-            )
+    # every geometry from one pass over the map (each chunk read once), one AnnData at a time
+    dense = None
+    if dm is not None:
+        dense = aggregate_geometries(
+            dm, [u for u, _ in geometries], memory_mb=opts.memory_mb,
+            drop_uncovered=[drop for _, drop in geometries], progress=opts.progress,
+        )  # fmt: skip
+    for u, _drop in geometries:
+        if dense is not None:
+            a = next(dense)
         else:
             a = predict_patches(
                 slide, info, u, batch_size=opts.batch_size, device=opts.device,
