@@ -271,6 +271,7 @@ class _Footprints:
         self._px = (np.floor(lo) - 1, np.ceil(hi) + 1)
         self.sums = np.zeros((len(units), dm.shape[2] + 1), dtype=np.float64)
         self.full = np.zeros(len(units), dtype=np.float64)
+        self.split = True  # set by the pass; the parts are always added
 
     def cells(self) -> tuple[np.ndarray, ...]:
         s = self.stride
@@ -350,9 +351,8 @@ def _sums_pass(dm: DenseMap, unit_sets, memory_mb: float, progress: bool) -> lis
     # the blocks of each read window, windows in reading order
     windows: dict[tuple[int, int], list[int]] = {}
     for b in sorted(set().union(*per_set)) if per_set else []:
-        windows.setdefault((int(ey[b // n_bx]) // read_y, int(ex[b % n_bx]) // read_x), []).append(
-            b
-        )
+        key = (int(ey[b // n_bx]) // read_y, int(ex[b % n_bx]) // read_x)
+        windows.setdefault(key, []).append(b)
     order = sorted(windows)
 
     def read(key):
@@ -408,8 +408,8 @@ def unit_sums(
     return _sums_pass(dm, [units], memory_mb, progress)[0]
 
 
-#: rows of :func:`finish_units` at a time: its float64 temporaries stay in cache-sized pieces
-#: instead of gigabytes for millions of bins (the result is the same row by row)
+#: rows of :func:`finish_units` at a time: its temporaries stay tens of MB instead of gigabytes
+#: for millions of bins (the result is the same row by row)
 _FINISH_ROWS = 32768
 
 
@@ -434,8 +434,8 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
             else:
                 # as in training (models.aggregate.predict_units): a covered unit whose predicted
                 # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN. In
-                # the sums' precision (float32 for squares, as the map of training), through
-                # torch: a vectorised log1p, several times faster than numpy's float64 one
+                # the sums' precision (float32 for squares, float64 for discs and polygons),
+                # through torch: its vectorised float32 log1p is ~3x numpy's float64 one
                 gene, total = (
                     torch.from_numpy(part[:, :n_genes]),
                     torch.from_numpy(part[:, n_genes]),
@@ -532,12 +532,16 @@ def aggregate_geometries(
             f"drop_uncovered has {len(drops)} values for {len(unit_sets)} unit sets; give one "
             "for all or one per set."
         )
-    results = _sums_pass(dm, unit_sets, memory_mb, progress)
-    for i, (units, drop) in enumerate(zip(unit_sets, drops, strict=True)):
-        sums, full = results[i]
-        results[i] = None  # its sums go once its AnnData is made
-        yield _to_anndata(dm, units, sums, full, drop)
-        del sums, full
+
+    def each():
+        results = _sums_pass(dm, unit_sets, memory_mb, progress)
+        for i, (units, drop) in enumerate(zip(unit_sets, drops, strict=True)):
+            sums, full = results[i]
+            results[i] = None  # its sums go once its AnnData is made
+            yield _to_anndata(dm, units, sums, full, drop)
+            del sums, full
+
+    return each()
 
 
 def aggregate_units(
