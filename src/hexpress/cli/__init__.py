@@ -44,7 +44,7 @@ app = typer.Typer(
 )
 
 # Command modules, in the order `hexpress --help` lists them.
-COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "evaluate", "bench", "demo", "cache", "study")  # fmt: skip
+COMMANDS = ("info", "convert", "simulate", "models", "train", "predict", "export_onnx", "evaluate", "bench", "demo", "cache", "study")  # fmt: skip
 
 
 @app.callback()

@@ -87,6 +87,12 @@ def predict(
         "auto", "--precision", help="auto, fp32, bf16 or fp16 (half precisions on GPUs only)."
     ),
     tta: bool = typer.Option(False, "--tta", help="Average over the 8 flips/rotations."),
+    runtime: str = typer.Option(
+        "torch",
+        "--runtime",
+        help="What runs a dense model: torch, or onnx (ONNX Runtime on the CPU, the model "
+        "exported once per slide; pip install 'hexpress[onnx]').",
+    ),
     no_tissue: bool = typer.Option(
         False, "--no-tissue-detection", help="Predict the whole slide, glass included."
     ),
@@ -95,6 +101,7 @@ def predict(
 ) -> None:
     """Predict dense gene expression maps and per-unit AnnData files for slides."""
     from hexpress.cli._checks import check_checkpoint_path, check_names
+    from hexpress.infer.engine import runtime_device
     from hexpress.infer.pipeline import PredictOptions, load_model_info, predict_slides
 
     bins_um, discs = _floats(bins, "--bins"), _floats(discs_um, "--discs-um")
@@ -112,6 +119,12 @@ def predict(
             f"--preview draws the dense map, and {checkpoint} is a {info.kind} model without "
             "one; drop --preview, or predict units (--spots, --bins) and plot those."
         )
+    if runtime != "torch" and info.kind != "dense":
+        raise ConfigError(
+            f"--runtime {runtime} runs dense models, and {checkpoint} is a {info.kind} model; "
+            "drop --runtime."
+        )
+    runtime_device(runtime, device)  # an unknown runtime, or onnx off the CPU, fails here
     opts = PredictOptions(
         mpp=mpp,
         bins_um=bins_um,
@@ -128,6 +141,7 @@ def predict(
         batch_size=batch_size,
         device=device,
         precision=precision,
+        runtime=runtime,
         tta=tta,
         detect_tissue=not no_tissue,
         overwrite=overwrite,

@@ -46,11 +46,17 @@ __all__ = [
     "predict_tiles",
     "resolve_device",
     "dense_forward",
+    "tile_net",
+    "runtime_device",
+    "RUNTIMES",
 ]
 
 log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
+
+RUNTIMES = ("torch", "onnx")
+"""What runs the model on each tile: PyTorch, or ONNX Runtime on the CPU (the ``onnx`` extra)."""
 
 
 def _get(meta: Any, key: str, default: Any = None) -> Any:
@@ -203,6 +209,72 @@ def core_region(model: torch.nn.Module, grid: TileGrid) -> tuple[int, int, int, 
     return (m, m, m + c, m + c)
 
 
+def runtime_device(
+    runtime: str, device: torch.device | str | None, *, exporter: str = "dynamo"
+) -> torch.device:
+    """The device of a run with ``runtime``, its packages checked before any work.
+
+    ``"onnx"`` runs on the CPU: ``"auto"`` (or ``None``) means the CPU there.
+
+    Raises:
+        ConfigError: an unknown runtime, ONNX Runtime asked for on another device, or the
+            onnx packages missing.
+    """
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}.")
+    if runtime == "torch":
+        return resolve_device(device)
+    dev = torch.device("cpu") if device is None or str(device) == "auto" else resolve_device(device)
+    if dev.type != "cpu":
+        raise ConfigError(
+            f"runtime 'onnx' runs on the CPU only, not on {dev}: use --device cpu, or "
+            "--runtime torch to run on this device."
+        )
+    from hexpress.infer.onnx_export import require_onnx
+
+    require_onnx(exporter)
+    return dev
+
+
+def tile_net(
+    info: ModelInfo,
+    grid: TileGrid,
+    *,
+    runtime: str = "torch",
+    device: torch.device | str | None = None,
+    exporter: str = "dynamo",
+) -> Callable[..., torch.Tensor]:
+    """What :func:`predict_tiles` runs on each tile of ``grid``, called as the model is.
+
+    ``"torch"``: a copy of the model with its batch norms folded
+    (:func:`hexpress.models.fuse.fold_batchnorms`), on ``device``, channels-last
+    (:func:`hexpress._device.prepare_model`). ``"onnx"``: that model exported once for the
+    grid's tile side and core region (``exporter``, see
+    :func:`hexpress.infer.onnx_export.export_onnx`) and run by ONNX Runtime on the CPU with
+    torch's thread count (:class:`hexpress.infer.onnx_export.OnnxTileNet`).
+    """
+    dev = runtime_device(runtime, device, exporter=exporter)
+    if runtime == "torch":
+        return prepare_model(fold_batchnorms(info.model), dev)
+    from hexpress.infer.onnx_export import OnnxTileNet
+
+    t0 = time.perf_counter()
+    threads = torch.get_num_threads()
+    net = OnnxTileNet(
+        info.model, grid.tile_px, region=core_region(info.model, grid), threads=threads,
+        exporter=exporter,
+    )  # fmt: skip
+    log.info(
+        "model exported to ONNX (%s exporter) for tiles of %d px in %.1f s; ONNX Runtime runs "
+        "it on %d CPU thread(s)",
+        exporter,
+        grid.tile_px,
+        time.perf_counter() - t0,
+        threads,
+    )
+    return net
+
+
 def predict_tiles(
     slide: SlideImage,
     info: ModelInfo,
@@ -217,6 +289,8 @@ def predict_tiles(
     progress: bool = True,
     on_batch: Callable[[list[Tile]], None] | None = None,
     timings: dict[str, float] | None = None,
+    runtime: str = "torch",
+    exporter: str = "dynamo",
 ) -> int:
     """Predict ``tiles`` batch by batch and write their cores into ``dense_map``.
 
@@ -226,7 +300,9 @@ def predict_tiles(
     convolutions (:func:`hexpress.models.fuse.fold_batchnorms`), in inference mode with
     channels-last tensors, under
     autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
-    accept a ``region`` (PixNet) compute their decoder on the core only.
+    accept a ``region`` (PixNet) compute their decoder on the core only. With
+    ``runtime="onnx"`` the model is exported once for the grid and ONNX Runtime runs it on the
+    CPU instead (:func:`tile_net`); tiles go through it the same way.
 
     ``timings``, when given, gets seconds added under ``"wait_read"`` (waiting for tiles),
     ``"net"`` (the model, outputs back on the host) and ``"wait_write"`` (waiting for the
@@ -235,12 +311,12 @@ def predict_tiles(
     Returns:
         the number of tiles run.
     """
-    device = resolve_device(device)
-    model = prepare_model(fold_batchnorms(info.model), device)
+    device = runtime_device(runtime, device, exporter=exporter)
     dtype = autocast_dtype(device, precision)
+    net = tile_net(info, grid, runtime=runtime, device=device, exporter=exporter) if tiles else None
     m = grid.margin_px // grid.stride
     c = grid.core_cells
-    region = core_region(model, grid)
+    region = core_region(info.model, grid)
     batches = [tiles[i : i + batch_size] for i in range(0, len(tiles), batch_size)]
 
     def load(batch: list[Tile]) -> torch.Tensor:
@@ -275,7 +351,7 @@ def predict_tiles(
             with autocast(device, dtype):
                 # the CPU gains nothing from batching big tiles; one at a time bounds memory
                 parts = x.split(1 if device.type == "cpu" else len(x))
-                y = torch.cat([dense_forward(model, p, tta=tta, region=region) for p in parts])
+                y = torch.cat([dense_forward(net, p, tta=tta, region=region) for p in parts])
             if region is None:
                 y = y[:, :, m : m + c, m : m + c]
             core = y.permute(0, 2, 3, 1).cpu().numpy()
@@ -349,6 +425,8 @@ def predict_slide(
     progress: bool = True,
     resume: bool = True,
     timings: dict[str, float] | None = None,
+    runtime: str = "torch",
+    exporter: str = "dynamo",
 ) -> DenseMap:
     """Predict the dense map of a whole slide into ``map_path`` (a ``.zarr`` folder).
 
@@ -369,6 +447,11 @@ def predict_slide(
         progress: show a progress bar over tiles.
         resume: continue an unfinished map of the same slide, checkpoint and tile grid.
         timings: gets the seconds of each stage (see :func:`predict_tiles`).
+        runtime: ``"torch"``, or ``"onnx"``: ONNX Runtime on the CPU (``device`` ``"auto"`` or
+            ``"cpu"``), the model exported once for the run's tile grid (:func:`tile_net`;
+            needs the ``onnx`` extra).
+        exporter: torch's ONNX exporter for ``runtime="onnx"``, ``"dynamo"`` or
+            ``"torchscript"``.
 
     Returns:
         the complete :class:`DenseMap`, opened read-only.
@@ -379,7 +462,8 @@ def predict_slide(
             "Patch models predict unit by unit: see hexpress.infer.patch_engine."
         )
     map_path = Path(map_path)
-    autocast_dtype(resolve_device(device), precision)  # a bad device or precision fails first
+    # a bad runtime, device or precision fails first
+    autocast_dtype(runtime_device(runtime, device, exporter=exporter), precision)
     if tissue is None:
         tissue = detect_tissue(slide) if detect else TissueMask.full(slide)
     image_shape = slide.shape_at(info.model_mpp)
@@ -442,7 +526,7 @@ def predict_slide(
     )
     predict_tiles(
         slide, info, grid, todo, dm, batch_size=batch_size, device=device, precision=precision,
-        tta=tta, progress=progress, timings=timings,
+        tta=tta, progress=progress, timings=timings, runtime=runtime, exporter=exporter,
     )  # fmt: skip
     dm.finalize(
         n_tiles_run=len(todo),

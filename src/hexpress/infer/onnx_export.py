@@ -12,12 +12,15 @@ exporter, onnxruntime to run the graph).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import os
+import sys
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,7 +28,15 @@ from hexpress._files import write_file
 from hexpress.errors import ConfigError
 from hexpress.models.fuse import fold_batchnorms
 
-__all__ = ["FixedRegion", "export_onnx", "ort_session", "EXPORTERS", "GRAPH_LEVELS"]
+__all__ = [
+    "FixedRegion",
+    "OnnxTileNet",
+    "export_onnx",
+    "ort_session",
+    "require_onnx",
+    "EXPORTERS",
+    "GRAPH_LEVELS",
+]
 
 EXPORTERS = ("dynamo", "torchscript")
 """torch's exporters: ``torch.export``-based (torch's default) and the older tracing one."""
@@ -41,6 +52,21 @@ def _require(module: str, what: str) -> Any:
         raise ConfigError(
             f"{what} needs the package {module}: pip install 'hexpress[onnx]'."
         ) from e
+
+
+def require_onnx(exporter: str = "dynamo", *, run: bool = True) -> None:
+    """Refuse, before any work, a missing package that exporting (and running, ``run``) needs.
+
+    Raises:
+        ConfigError: an unknown exporter, or onnx / onnxscript / onnxruntime missing.
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}.")
+    _require("onnx", "ONNX export")
+    if exporter == "dynamo":
+        _require("onnxscript", "ONNX export")
+    if run:
+        _require("onnxruntime", "ONNX Runtime inference")
 
 
 class FixedRegion(nn.Module):
@@ -89,17 +115,16 @@ def export_onnx(
         raise ConfigError(
             f"{type(model).__name__} computes whole maps; export it with region=None."
         )
-    _require("onnx", "ONNX export")
-    if exporter == "dynamo":
-        _require("onnxscript", "ONNX export")
+    require_onnx(exporter, run=False)
     net = FixedRegion(fold_batchnorms(model).float().cpu(), region).eval()
     x = torch.zeros(1, 3, int(tile_px), int(tile_px))
     names = {"input_names": ["tile"], "output_names": ["map"]}
     with torch.no_grad():
         if exporter == "dynamo":
-            program = torch.onnx.export(
-                net, (x,), None, dynamo=True, opset_version=opset, verbose=False, **names
-            )
+            with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+                program = torch.onnx.export(
+                    net, (x,), None, dynamo=True, opset_version=opset, verbose=False, **names
+                )
             data = program.model_proto.SerializeToString()
         else:
             buf = io.BytesIO()
@@ -143,3 +168,59 @@ def ort_session(
         opts.add_session_config_entry(str(k), str(v))
     src = graph if isinstance(graph, bytes) else os.fspath(graph)
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxTileNet:
+    """A dense model exported for one tile side and core, run by ONNX Runtime on the CPU.
+
+    Called as the model is, ``net(x, region=region)`` on ``(B, 3, T, T)`` float input in [0, 1]
+    (``B`` tiles run one after another), it gives the model's float32 output for the region
+    the graph was exported with. It has the model's ``stride``, so
+    :func:`hexpress.models.tta.dense_tta` runs it under its 8 transforms: a centred square
+    region of a square tile maps onto itself under each of them, so one graph serves all.
+
+    Attributes:
+        tile_px: the input side fixed in the graph.
+        region: the map cells the graph computes (``None``: the whole map).
+        graph: the serialised ONNX graph.
+        input_name, output_name: the graph's input and output names.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tile_px: int,
+        *,
+        region: tuple[int, int, int, int] | None = None,
+        threads: int | None = None,
+        level: str = "all",
+        exporter: str = "dynamo",
+    ) -> None:
+        self.tile_px = int(tile_px)
+        self.region = None if region is None else tuple(int(v) for v in region)
+        self.stride = int(getattr(model, "stride", 1))
+        self.graph = export_onnx(model, self.tile_px, region=self.region, exporter=exporter)
+        self.session = ort_session(self.graph, threads=threads, level=level)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+
+    def __call__(
+        self, x: torch.Tensor, region: tuple[int, int, int, int] | None = None
+    ) -> torch.Tensor:
+        got = None if region is None else tuple(int(v) for v in region)
+        if got != self.region:
+            raise ConfigError(
+                f"this ONNX graph computes the map cells {self.region}, not {got}: export "
+                "the model again for this tile grid."
+            )
+        if tuple(x.shape[1:]) != (3, self.tile_px, self.tile_px):
+            raise ConfigError(
+                f"this ONNX graph takes (B, 3, {self.tile_px}, {self.tile_px}) tiles, got "
+                f"{tuple(x.shape)}: export the model again for this tile side."
+            )
+        arr = x.detach().to("cpu", torch.float32).numpy()
+        outs = [
+            self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(t)})[0]
+            for t in np.split(arr, len(arr))
+        ]
+        return torch.from_numpy(np.concatenate(outs))

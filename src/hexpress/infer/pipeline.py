@@ -61,6 +61,8 @@ class PredictOptions:
         margin: tile margin, ``"exact"`` (default), ``"effective"`` or px
             (:meth:`~hexpress.infer.ModelInfo.margin_px`).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
+        runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, dense models; see
+            :func:`~hexpress.infer.predict_slide`).
         detect_tissue: skip tiles without tissue (else predict the whole slide).
         overwrite: replace folders that hold results.
         memory_mb: bound on one aggregation block.
@@ -80,6 +82,7 @@ class PredictOptions:
     tile_px: int | None = None
     margin: str | int = "exact"
     precision: str = "auto"
+    runtime: str = "torch"
     batch_size: int = 2
     device: str | None = "auto"
     tta: bool = False
@@ -200,6 +203,7 @@ def predict_one(
             slide, info, out_dir / "map.zarr", tile_px=opts.tile_px, margin=opts.margin,
             batch_size=opts.batch_size, device=opts.device, precision=opts.precision,
             tta=opts.tta, tissue=tissue, detect=opts.detect_tissue, progress=opts.progress,
+            runtime=opts.runtime,
         )  # fmt: skip
         files.append("map.zarr")
     t_map = time.perf_counter() - t0
