@@ -1,0 +1,106 @@
+"""predict_slide with runtime="onnx" writes the map runtime="torch" writes; bad settings refused."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+from infer_helpers import TinyDense, he_like, tiny_meta
+
+from hexpress.errors import ConfigError
+from hexpress.infer import ModelInfo, TissueMask, engine, open_dense_map, predict_slide
+from hexpress.infer.onnx_export import OnnxTileNet
+from hexpress.io import ArrayImage
+from hexpress.models import create_model
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'hexpress[onnx]'")
+pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'hexpress[onnx]'")
+
+# tiles of 128 px with 32 px margins: 64 px cores, so the 120 x 160 px slide takes 2 x 3 tiles
+TILE_PX, MARGIN_PX = 128, 32
+
+
+@pytest.fixture
+def pixnet_info():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = create_model("test_pixnet", n_genes=3).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics: folding them matters
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return ModelInfo(model, {"model_mpp": 1.0, "genes": ["A", "B", "C"]})
+
+
+def _map(info, slide, path, **kw) -> tuple[np.ndarray, dict]:
+    timings: dict[str, float] = {}
+    predict_slide(
+        slide, info, path, tile_px=TILE_PX, margin=MARGIN_PX, tissue=TissueMask.full(slide),
+        progress=False, timings=timings, exporter="torchscript", **kw,
+    )  # fmt: skip
+    dm = open_dense_map(path)
+    values, covered = dm.read(0, dm.shape[0], 0, dm.shape[1])
+    assert covered.all()
+    return values, {"attrs": dm.attrs, "timings": timings}
+
+
+def _assert_same_map(got: np.ndarray, ref: np.ndarray) -> None:
+    # float32 agreement to 1e-4 of the map's spread, plus the float16 rounding of storage
+    tol = 1e-4 * float(ref.std()) + 2.0**-10 * np.abs(ref)
+    assert got.shape == ref.shape
+    assert (np.abs(got - ref) <= tol).all(), float(np.abs(got - ref).max())
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_onnx_map_equals_torch_map(tmp_path, pixnet_info, tta, caplog):
+    slide = ArrayImage(he_like(120, 160), mpp=1.0)
+    ref, r = _map(pixnet_info, slide, tmp_path / "torch.zarr", tta=tta)
+    with caplog.at_level("INFO", logger="hexpress.infer.engine"):
+        got, g = _map(pixnet_info, slide, tmp_path / "onnx.zarr", tta=tta, runtime="onnx")
+    grid = g["attrs"]["tile_grid"]
+    assert (grid["n_rows"], grid["n_cols"]) == (2, 3)  # several tiles
+    assert g["attrs"]["n_tiles_run"] == 6
+    _assert_same_map(got, ref)
+    assert set(g["timings"]) == set(r["timings"]) == {"wait_read", "net", "wait_write"}
+    assert "exported to ONNX" in caplog.text
+
+
+def test_onnx_runtime_on_model_without_region(tmp_path):
+    torch.set_num_threads(1)
+    model = TinyDense(mode="density").eval()
+    info = ModelInfo(model, tiny_meta(model))
+    slide = ArrayImage(he_like(120, 160), mpp=1.0)
+    ref, _ = _map(info, slide, tmp_path / "torch.zarr")
+    got, _ = _map(info, slide, tmp_path / "onnx.zarr", runtime="onnx")
+    _assert_same_map(got, ref)
+
+
+def test_graph_refuses_other_region_and_tile(pixnet_info):
+    net = OnnxTileNet(pixnet_info.model, TILE_PX, region=(8, 8, 24, 24), exporter="torchscript")
+    x = torch.rand(1, 3, TILE_PX, TILE_PX)
+    assert tuple(net(x, region=(8, 8, 24, 24)).shape) == (1, 4, 16, 16)  # 3 genes + total
+    with pytest.raises(ConfigError, match="computes the map cells"):
+        net(x, region=(0, 0, 32, 32))
+    with pytest.raises(ConfigError, match="takes \\(B, 3, 128, 128\\) tiles"):
+        net(torch.rand(1, 3, 96, 96), region=(8, 8, 24, 24))
+
+
+def test_bad_runtime_settings_are_refused(tmp_path, pixnet_info, monkeypatch):
+    slide = ArrayImage(he_like(40, 40), mpp=1.0)
+    with pytest.raises(ConfigError, match="runtime must be one of"):
+        predict_slide(slide, pixnet_info, tmp_path / "a.zarr", runtime="tflite")
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        predict_slide(slide, pixnet_info, tmp_path / "b.zarr", runtime="onnx", precision="bf16")
+    # a CUDA device (pretended: the check runs before anything touches it)
+    monkeypatch.setattr(engine, "resolve_device", lambda d: torch.device("cuda", 0))
+    with pytest.raises(ConfigError, match="CPU only.*--device cpu.*--runtime torch"):
+        predict_slide(slide, pixnet_info, tmp_path / "c.zarr", runtime="onnx", device="cuda")
+    assert engine.runtime_device("onnx", "auto") == torch.device("cpu")  # auto: the CPU
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
+    with pytest.raises(ConfigError, match="pip install 'hexpress\\[onnx\\]'"):
+        predict_slide(slide, pixnet_info, tmp_path / "d.zarr", runtime="onnx")
+    assert not any(tmp_path.iterdir())  # refused before any map was started
