@@ -9,7 +9,9 @@ synthetic slide of ``bench_infer_memory.py``; not timed), then times, in one pro
    ``--margin effective``, its effective margin).
 2. ``map``: the tiled dense map into an on-disk zarr store (:func:`hexpress.infer.predict_slide`),
    split into waiting for tiles (JPEG reading and decoding, in a background thread), the net,
-   and waiting for the writes (also in a background thread).
+   and waiting for the writes (also in a background thread). ``--runtime onnx`` runs the net
+   in ONNX Runtime instead of PyTorch (the ``onnx`` extra); the model's one export for the
+   tile grid is then part of ``map`` (before the first tile, outside ``net``).
 3. ``aggregate_16um``, ``aggregate_8um``, ``aggregate_2um``: every bin of the region aggregated
    from the map into an AnnData with all 250 genes. The 2 µm bins (10.6 M of them, 10.6 GB as
    one float32 matrix) go in blocks of ``--block-bins`` bins, one AnnData per block, so memory
@@ -32,7 +34,7 @@ region at that margin with the same cores at the exact margin: the largest absol
 of any map value, and that over the exact map's standard deviation.
 
 Usage: ``python benchmarks/bench_infer_speed.py [--region-um 6500] [--margin exact|effective|PX]
-[--patch-all] [--threads 2]``. ``--region-um 300`` runs in about a minute. Prints one JSON
+[--runtime torch|onnx] [--patch-all] [--threads 2]``. ``--region-um 300`` runs in about a minute. Prints one JSON
 object on stdout; each part is also printed to stderr as soon as it is done.
 """
 
@@ -54,7 +56,8 @@ import torch
 
 from hexpress.infer import ModelInfo, TissueMask, grid_bins, make_tile_grid, predict_slide
 from hexpress.infer.aggregate_disk import aggregate_units
-from hexpress.infer.engine import core_region, dense_forward
+from hexpress.infer.engine import RUNTIMES, core_region, dense_forward
+from hexpress.infer.onnx_export import EXPORTERS
 from hexpress.infer.patch_engine import predict_patches
 from hexpress.io import open_image
 from hexpress.models import create_model
@@ -175,7 +178,7 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     dm, t_map = _timed(
         predict_slide, slide, info, work / "map.zarr", tile_px=args.tile_px, margin=margin,
         batch_size=args.batch_size, tissue=TissueMask.full(slide), progress=False,
-        resume=False, timings=timings,
+        resume=False, timings=timings, runtime=args.runtime, exporter=args.exporter,
     )  # fmt: skip
     parts = {"setup": t_setup, "map": t_map}
     bins = {}
@@ -192,6 +195,8 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     net_flop = flop_tile * tiles_run
     out = {
         "model": f"{args.model} ({N_GENES} genes, stride {info.stride}, untrained decoder)",
+        "runtime": args.runtime,
+        **({"onnx_exporter": args.exporter} if args.runtime == "onnx" else {}),
         "region_um": args.region_um,
         "input_px": side,
         "margin": str(args.margin),
@@ -275,6 +280,10 @@ def main() -> None:
         "--margin", default="exact", help="exact, effective or px (see --help of predict)"
     )
     p.add_argument("--tile-px", type=int, default=None, help="default: the engine's (2560)")
+    p.add_argument("--runtime", default="torch", choices=RUNTIMES, help="what runs the net")
+    p.add_argument(
+        "--exporter", default="dynamo", choices=EXPORTERS, help="torch's ONNX exporter (onnx)"
+    )
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--block-bins", type=int, default=1_000_000, help="bins per AnnData block")
     p.add_argument("--deviation-tiles", type=int, default=2)
