@@ -6,6 +6,10 @@ float32 RGB in [0, 1], and for models that accept a ``region`` (PixNet) only the
 cells as output. The tile side and the region are fixed in the graph (PixNet's decoder slices
 depend on them), so a graph serves one tile grid.
 
+:class:`OnnxTileNet` is such a graph in an ONNX Runtime session, called as the model is: what
+``hexpress predict --runtime onnx`` runs on each tile (:func:`hexpress.infer.engine.tile_net`);
+``hexpress export-onnx`` writes the graph to a file.
+
 Needs the ``onnx`` extra: ``pip install 'hexpress[onnx]'`` (onnx and onnxscript for torch's
 exporter, onnxruntime to run the graph).
 """
