@@ -83,15 +83,23 @@ def test_predict_refuses_unknown_runtime(workdir, capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_predict_runtime_onnx_gives_the_torch_bins(workdir, capsys, tmp_path):
+def test_predict_runtime_onnx_gives_the_torch_bins(workdir, capsys, tmp_path, caplog):
     """The whole command with the default (dynamo) exporter, against --runtime torch."""
     import anndata as ad
+
+    caplog.set_level("INFO")  # as the command line logs
 
     args = ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
             "--bins", "16", "--tile-px", "384", "--no-tissue-detection"]  # fmt: skip
     assert run([*args, "--out", tmp_path / "t"], capsys)[0] == 0
-    code, _, err = run([*args, "--out", tmp_path / "o", "--runtime", "onnx"], capsys)
+    caplog.clear()
+    code, text, err = run([*args, "--out", tmp_path / "o", "--runtime", "onnx"], capsys)
     assert code == 0, err
+    exported = [r.getMessage() for r in caplog.records if "exported to ONNX" in r.getMessage()]
+    assert len(exported) == 1 and "dynamo exporter" in exported[0]
+    # the exporter's own passes are not logged (hundreds of lines), nor printed on stdout
+    assert not [r for r in caplog.records if r.name.startswith(("onnx", "torch.onnx"))]
+    assert "[torch.onnx]" not in text
     ref = ad.read_h5ad(tmp_path / "t" / "slide" / "bins_016um.h5ad").X
     got = ad.read_h5ad(tmp_path / "o" / "slide" / "bins_016um.h5ad").X
     np.testing.assert_allclose(got, ref, atol=1e-4 * ref.std() + 1e-3 * np.abs(ref).max())

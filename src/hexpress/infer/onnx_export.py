@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import logging
 import os
 import sys
 import warnings
@@ -56,6 +57,26 @@ def _require(module: str, what: str) -> Any:
         raise ConfigError(
             f"{what} needs the package {module}: pip install 'hexpress[onnx]'."
         ) from e
+
+
+# loggers of torch's dynamo exporter, which log each of its graph passes at INFO
+_EXPORTER_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's progress (stdout) to stderr, its INFO logs off unless debugging."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        for lg in loggers:
+            lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def require_onnx(exporter: str = "dynamo", *, run: bool = True) -> None:
@@ -125,7 +146,7 @@ def export_onnx(
     names = {"input_names": ["tile"], "output_names": ["map"]}
     with torch.no_grad():
         if exporter == "dynamo":
-            with contextlib.redirect_stdout(sys.stderr):  # the exporter's progress lines
+            with _quiet_exporter():
                 program = torch.onnx.export(
                     net, (x,), None, dynamo=True, opset_version=opset, verbose=False, **names
                 )
