@@ -91,7 +91,7 @@ def predict(
         "torch",
         "--runtime",
         help="What runs a dense model: torch, or onnx (ONNX Runtime on the CPU, the model "
-        "exported once per slide; pip install 'hexpress[onnx]').",
+        "exported once per slide; needs the onnx extra of hexpress).",
     ),
     no_tissue: bool = typer.Option(
         False, "--no-tissue-detection", help="Predict the whole slide, glass included."
