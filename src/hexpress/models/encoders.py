@@ -18,6 +18,7 @@ the normalisation the weights were trained with itself, so no caller can forget 
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -185,6 +186,7 @@ class Encoder(nn.Module):
         # Non-persistent: fixed by the encoder name, so checkpoints hold only learned tensors.
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self._plan: _StripPlan | bool | None = None  # computed on first use (False: none)
 
     @property
     def feature_info(self):
@@ -196,8 +198,227 @@ class Encoder(nn.Module):
     def num_features(self) -> int:
         return int(self.body.num_features)
 
-    def forward(self, x: torch.Tensor):
-        return self.body((x - self.mean) / self.std)
+    def forward(self, x: torch.Tensor, levels: Sequence[int] | None = None):
+        """Features of ``x`` (float RGB in ``[0, 1]``); with ``features_only``, ``levels`` picks
+        which pyramid levels to return (indices into ``feature_info``, all by default).
+
+        Without autograd, in eval mode on the CPU, the stages up to :attr:`strip_stride` run in
+        strips of rows (:func:`_early_stages_in_strips`): the same numbers as one pass, with
+        the early stages' wide activations bounded by :attr:`strip_bytes` instead of the tile.
+        """
+        plan = self._strip_plan(x) if self.features_only else None
+        if plan is None:
+            feats = self.body((x - self.mean) / self.std)
+            return feats if levels is None else [feats[i] for i in levels]
+        return _early_stages_in_strips(self, x, plan, levels)
+
+    strip_stride = 8
+    """Inference on the CPU runs the encoder's stages of stride <= this in strips of rows."""
+
+    strip_bytes = 256 << 20
+    """Size of the widest float32 activation of one strip in those stages."""
+
+    def _strip_plan(self, x: torch.Tensor) -> _StripPlan | None:
+        if (
+            torch.is_grad_enabled()
+            or self.training
+            or x.device.type != "cpu"
+            or x.ndim != 4
+            or torch.jit.is_tracing()
+            or torch.jit.is_scripting()
+            or torch.compiler.is_compiling()
+            or torch.onnx.is_in_onnx_export()
+        ):
+            return None
+        if self._plan is None:
+            self._plan = _plan_strips(self.body, self.strip_stride) or False
+        if self._plan is False:
+            return None
+        plan = self._plan
+        rows = self.strip_bytes // max(1, x.shape[0] * x.shape[-1] * plan.bytes_per_row_px)
+        rows = max(plan.stride, rows // plan.stride * plan.stride)
+        if x.shape[-2] <= rows or x.shape[-2] % plan.stride:
+            return None
+        return _StripPlan(**{**vars(plan), "rows": rows})
+
+
+# -- the early stages in strips (inference) ------------------------------------------------------
+
+# Modules whose output row depends only on nearby input rows (no statistics over the image,
+# in eval mode): the stages made of them can run in strips of rows. Anything else, e.g. a
+# squeeze-excitation (a global mean), keeps the encoder to one pass.
+_LOCAL_MODULES: tuple[type, ...] = (
+    nn.Conv2d, nn.BatchNorm2d, nn.Identity, nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish,
+    nn.Dropout, nn.Sequential,
+)  # fmt: skip
+
+
+def _local_types() -> tuple[type, ...]:
+    from timm.layers import DropPath
+    from timm.models._efficientnet_blocks import (
+        ConvBnAct,
+        DepthwiseSeparableConv,
+        EdgeResidual,
+        InvertedResidual,
+    )
+
+    from hexpress.models.fuse import _AfterNorm
+
+    return _LOCAL_MODULES + (
+        DropPath, ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual, _AfterNorm,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _StripPlan:
+    """How the early stages of an EfficientNet-style body run in strips.
+
+    Attributes:
+        n_blocks: how many of ``body.blocks`` (after the stem) run in strips.
+        stride: their total stride; strip starts and heights are multiples of it, so every
+            strided convolution samples the same input rows as in one pass.
+        halo_px: input rows added above and below a strip: the rows beyond a strip that its
+            outputs at every level depend on (:class:`_Reach`, from the kernels, strides,
+            dilations and top paddings of the stem and those blocks), rounded up to a
+            multiple of ``stride``.
+        level_strides: ``{stage: stride}`` of the pyramid levels they produce (stage 0 is the
+            stem, ``i + 1`` is ``blocks[i]``).
+        bytes_per_row_px: float32 bytes of their widest activation per input row and column.
+        rows: input rows per strip.
+    """
+
+    n_blocks: int
+    stride: int
+    halo_px: int
+    level_strides: dict[int, int]
+    bytes_per_row_px: int
+    rows: int = 0
+
+
+@dataclass(frozen=True)
+class _Reach:
+    """Output row ``i`` of a stack of layers depends on input rows ``[i*jump - up, i*jump +
+    down]``; ``widest``: float32 bytes of its widest activation per input row and column."""
+
+    up: int = 0
+    down: int = 0
+    jump: int = 1
+    widest: float = 0.0
+
+    @property
+    def halo(self) -> int:
+        """Rows a strip of whole output rows ``[y0, y1)`` (multiples of ``jump``) reads
+        beyond itself: ``[y0 - up, y1 - jump + down]``."""
+        return max(self.up, self.down - self.jump + 1, 0)
+
+
+def _reach(modules, r: _Reach) -> _Reach:
+    """``r`` followed by the convolutions among ``modules``, in their order (timm registers a
+    block's layers in the order it runs them). The top padding of a convolution is its own, or
+    for timm's TF-"same" ``Conv2dSame`` the one it computes on inputs whose height is a
+    multiple of its stride (as every strip's is)."""
+    from timm.layers import Conv2dSame
+
+    for m in modules:
+        if not isinstance(m, nn.Conv2d):
+            continue
+        k, s, d = m.kernel_size[0], m.stride[0], m.dilation[0]
+        if isinstance(m, Conv2dSame):
+            top = max((k - 1) * d + 1 - s, 0) // 2
+        elif isinstance(m.padding, str):
+            top = 0 if m.padding == "valid" else (k - 1) * d // 2
+        else:
+            top = m.padding[0]
+        jump = r.jump * s
+        r = _Reach(
+            up=r.up + top * r.jump,
+            down=r.down + ((k - 1) * d - top) * r.jump,
+            jump=jump,
+            widest=max(r.widest, 4 * m.out_channels / jump**2),
+        )
+    return r
+
+
+def _plan_strips(body: nn.Module, max_stride: int) -> _StripPlan | None:
+    """The strip plan of a timm ``EfficientNetFeatures`` body, or ``None`` (another body, or
+    a non-local module in the early stages)."""
+    names = ("conv_stem", "bn1", "blocks", "_stage_out_idx", "feature_hooks")
+    if not all(hasattr(body, n) for n in names) or body.feature_hooks is not None:
+        return None
+    local = _local_types()
+    stem = [body.conv_stem, body.bn1]
+    if not all(isinstance(m, local) for s in stem for m in s.modules()):
+        return None
+    r = _reach([body.conv_stem], _Reach())
+    strides, n_blocks, halo = {0: r.jump}, 0, r.halo
+    for i, stage in enumerate(body.blocks):
+        nxt = _reach(stage.modules(), r)
+        if nxt.jump > max_stride or not all(isinstance(m, local) for m in stage.modules()):
+            break
+        r, n_blocks, halo = nxt, i + 1, max(halo, nxt.halo)
+        strides[i + 1] = r.jump
+    if n_blocks == 0:
+        return None
+    levels = {st: strides[st] for st in body._stage_out_idx if st in strides}
+    halo = -(-halo // r.jump) * r.jump
+    return _StripPlan(n_blocks, r.jump, halo, levels, max(1, math.ceil(r.widest)))
+
+
+def _early_stages_in_strips(
+    enc: Encoder, x: torch.Tensor, plan: _StripPlan, levels: Sequence[int] | None
+) -> list[torch.Tensor]:
+    """``enc(x, levels)`` with the stem and the first ``plan.n_blocks`` blocks run strip by
+    strip (each strip normalised on its own), their outputs written into whole-tile tensors.
+
+    A strip of input rows ``[y0, y1)`` is computed on ``[y0 - halo, y1 + halo)`` clipped to
+    the input and cropped back: inside the input the halo covers every row the strip's
+    outputs read, and at the input's own top and bottom the strip ends where the input does,
+    so it gets the same padding as one pass. Starts and heights are multiples of the stages'
+    stride, so strided convolutions (TF "same" padding included) sample the same rows.
+    """
+    body = enc.body
+    order = sorted(body._stage_out_idx)  # stages of the pyramid levels, in output order
+    picked = list(range(len(order)) if levels is None else levels)
+    last = plan.n_blocks
+    # stages whose strips are kept: the wanted levels among the early ones, and the last one
+    keep = {
+        order[k]: plan.level_strides[order[k]] for k in picked if order[k] in plan.level_strides
+    }
+    keep[last] = plan.stride
+    h = x.shape[-2]
+    whole: dict[int, torch.Tensor] = {}  # stage -> whole-tile output
+
+    def put(stage: int, t: torch.Tensor, y0: int, y1: int, a: int) -> None:
+        s = keep[stage]
+        if stage not in whole:
+            whole[stage] = torch.empty(
+                (t.shape[0], t.shape[1], h // s, t.shape[-1]), dtype=t.dtype, device=t.device,
+                memory_format=_memory_format(t),
+            )  # fmt: skip
+        whole[stage][:, :, y0 // s : y1 // s] = t[:, :, (y0 - a) // s : (y1 - a) // s]
+
+    for y0 in range(0, h, plan.rows):
+        y1 = min(h, y0 + plan.rows)
+        a, b = max(0, y0 - plan.halo_px), min(h, y1 + plan.halo_px)
+        t = body.bn1(body.conv_stem((x[:, :, a:b] - enc.mean) / enc.std))
+        for stage in range(last + 1):
+            if stage:
+                t = body.blocks[stage - 1](t)
+            if stage in keep:
+                put(stage, t, y0, y1, a)
+        del t
+    t = whole[last] if last in {order[k] for k in picked} else whole.pop(last)
+    for i in range(last, len(body.blocks)):
+        t = body.blocks[i](t)
+        if i + 1 in body._stage_out_idx:
+            whole[i + 1] = t
+    return [whole[order[k]] for k in picked]
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def create_encoder(

@@ -38,7 +38,8 @@ from torch import nn
 from hexpress.errors import ConfigError
 from hexpress.models._registry import register_alias, register_model
 from hexpress.models.aggregate import MODES
-from hexpress.models.encoders import create_encoder, encoder_spec
+from hexpress.models.encoders import _memory_format, create_encoder, encoder_spec
+from hexpress.models.fuse import fold_batchnorms
 
 __all__ = ["PixNet", "DFFN", "estimate_receptive_field", "estimate_effective_margin"]
 
@@ -70,25 +71,34 @@ class DFFN(nn.Module):
         return self.fc2(self.act(self.dw(self.fc1(self.norm(x)))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = x.shape
-        rows = max(4, self.strip_bytes // max(1, 4 * b * self.fc1.out_channels * w))
-        if torch.is_grad_enabled() or h <= rows or x.device.type != "cpu":
-            return self._block(x)
-        out = torch.empty(
-            (b, self.fc2.out_channels, h, w), dtype=x.dtype, device=x.device,
-            memory_format=_memory_format(x),
-        )  # fmt: skip
-        for y0 in range(0, h, rows):
-            y1 = min(h, y0 + rows)
-            a, z = max(0, y0 - 1), min(h, y1 + 1)  # one halo row each side for the 3x3
-            out[:, :, y0:y1] = self._block(x[:, :, a:z])[:, :, y0 - a : y0 - a + (y1 - y0)]
-        return out
+        # one halo row each side for the depthwise 3x3
+        return _in_strips(self._block, x, self.fc1.out_channels, self.strip_bytes, halo=1)
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+def _in_strips(
+    fn, x: torch.Tensor, width: int, strip_bytes: int, *, halo: int = 0, min_rows: int = 4
+) -> torch.Tensor:
+    """``fn(x)`` for a row-local ``fn`` (output row ``i`` depends on input rows ``i - halo ..
+    i + halo`` only, same height out as in), computed in strips of rows when autograd is off
+    on the CPU, so that its ``width``-channel activations stay near ``strip_bytes`` (float32)
+    instead of spanning the whole map. The same numbers as one pass.
+    """
+    b, _, h, w = x.shape
+    rows = max(min_rows, strip_bytes // max(1, 4 * b * width * w))
+    if torch.is_grad_enabled() or h <= rows or x.device.type != "cpu":
+        return fn(x)
+    out = None
+    for y0 in range(0, h, rows):
+        y1 = min(h, y0 + rows)
+        a, z = max(0, y0 - halo), min(h, y1 + halo)
+        part = fn(x[:, :, a:z])[:, :, y0 - a : y1 - a]
+        if out is None:
+            out = torch.empty(
+                (b, part.shape[1], h, w), dtype=part.dtype, device=x.device,
+                memory_format=_memory_format(x),
+            )  # fmt: skip
+        out[:, :, y0:y1] = part
+    return out
 
 
 def _window(x: torch.Tensor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor:
@@ -194,8 +204,7 @@ class PixNet(nn.Module):
         ph, pw = (-h) % r, (-w) % r
         if ph or pw:
             x = F.pad(x, (0, pw, 0, ph), value=_PAD_VALUE)
-        feats = self.encoder(x)
-        return [feats[i] for i in self.levels]
+        return self.encoder(x, levels=self.levels)
 
     @property
     def level_strides(self) -> list[int]:
@@ -240,13 +249,20 @@ class PixNet(nn.Module):
             (a, b, c, e), (na, nb, _, _) = comp[k], need[k + 1]
             up = _window(self.up[k](d), a - 2 * na, b - 2 * nb, c - 2 * na, e - 2 * nb)
             y = up + self.delta[k] * self.proj[k](_window(feats[k], a, b, c, e))
-            y = y + self.dffn[k](y)
+            del up, d  # the finest level's tensors are the largest: keep few alive at once
+            if torch.is_grad_enabled():
+                y = y + self.dffn[k](y)
+            else:
+                y += self.dffn[k](y)
             ny0, nx0, ny1, nx1 = need[k]
             d = y[..., ny0 - a : ny1 - a, nx0 - b : nx1 - b]
+        # the head's n_out channels at the finest stride are the largest tensor of all: in
+        # inference it (and the softplus) go strip by strip into the output
+        return _in_strips(self._head, d, self.n_out, DFFN.strip_bytes)
+
+    def _head(self, d: torch.Tensor) -> torch.Tensor:
         out = self.head(d)
-        if self.mode == "density":
-            out = F.softplus(out)
-        return out
+        return F.softplus(out) if self.mode == "density" else out
 
     @torch.no_grad()
     def set_output_bias(self, target_mean: torch.Tensor, scale: float | None = None) -> None:
@@ -392,16 +408,20 @@ def estimate_effective_margin(model: nn.Module, *, tol: float = 1e-3, side: int 
     side = max(int(side), 2 * rf + 2 * align)
     side = math.ceil(side / align) * align
     dev = next(model.parameters()).device
-    x = _he_canvas(side).to(dev).requires_grad_(True)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            out = model(x)
-            ci = out.shape[-1] // 2
-            (g,) = torch.autograd.grad(out[0, :, ci, ci].sum(), x)
-    finally:
-        model.train(was_training)
+    # the inference copy (batch norms folded, channels-last): the same gradient up to float
+    # rounding, with fewer activations kept for autograd and a faster pass
+    probe = fold_batchnorms(model).to(memory_format=torch.channels_last)
+    x = _he_canvas(side).to(dev).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    ci = math.ceil(side / stride) // 2
+    # only the central cell's decoder cone (the same numbers as the whole map's cell): autograd
+    # then keeps the encoder's activations alone, not the wide decoder's over the canvas
+    kw = {"region": (ci, ci, ci + 1, ci + 1)} if getattr(model, "accepts_region", False) else {}
+    with torch.enable_grad():
+        out = probe(x, **kw)
+        c = 0 if kw else ci
+        (g,) = torch.autograd.grad(out[0, :, c, c].sum(), x)
+    del probe, out
     g = g.abs().sum(dim=(0, 1)).cpu()
     y0 = ci * stride
     idx = torch.arange(side)
