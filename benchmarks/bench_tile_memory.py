@@ -23,7 +23,8 @@ highest), to show which layers hold the peak.
 
 Usage: ``python benchmarks/bench_tile_memory.py [--sizes 2560,3072,3584,4096,4608]
 [--margin effective|exact|PX] [--tiles 2] [--batch-size 2] [--model pixnet_lite0]
-[--genes 250] [--threads 2] [--trace]``. Prints one JSON object.
+[--genes 250] [--threads 2] [--trace]``. Prints one JSON object on stdout; each tile side's
+result is also printed to stderr as soon as it is done.
 """
 
 from __future__ import annotations
@@ -201,6 +202,7 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(f"tile side {size} failed:\n{proc.stderr[-3000:]}")
         results[str(size)] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(json.dumps({str(size): results[str(size)]}), file=sys.stderr, flush=True)
     print(
         json.dumps(
             {
