@@ -219,16 +219,7 @@ class Encoder(nn.Module):
     """Size of the widest float32 activation of one strip in those stages."""
 
     def _strip_plan(self, x: torch.Tensor) -> _StripPlan | None:
-        if (
-            torch.is_grad_enabled()
-            or self.training
-            or x.device.type != "cpu"
-            or x.ndim != 4
-            or torch.jit.is_tracing()
-            or torch.jit.is_scripting()
-            or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export()
-        ):
+        if self.training or x.ndim != 4 or not _strips_allowed(x):
             return None
         if self._plan is None:
             self._plan = _plan_strips(self.body, self.strip_stride) or False
@@ -243,6 +234,21 @@ class Encoder(nn.Module):
 
 
 # -- the early stages in strips (inference) ------------------------------------------------------
+
+
+def _strips_allowed(x: torch.Tensor) -> bool:
+    """Whether inference code may split its work on ``x`` into strips of rows: autograd off, on
+    the CPU, and not while a graph is being traced or exported (a graph of fixed strips would
+    hold their slices as operations)."""
+    return not (
+        torch.is_grad_enabled()
+        or x.device.type != "cpu"
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
+
 
 # Modules whose output row depends only on nearby input rows (no statistics over the image,
 # in eval mode): the stages made of them can run in strips of rows. Anything else, e.g. a

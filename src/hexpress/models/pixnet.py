@@ -38,7 +38,12 @@ from torch import nn
 from hexpress.errors import ConfigError
 from hexpress.models._registry import register_alias, register_model
 from hexpress.models.aggregate import MODES
-from hexpress.models.encoders import _memory_format, create_encoder, encoder_spec
+from hexpress.models.encoders import (
+    _memory_format,
+    _strips_allowed,
+    create_encoder,
+    encoder_spec,
+)
 from hexpress.models.fuse import fold_batchnorms
 
 __all__ = ["PixNet", "DFFN", "estimate_receptive_field", "estimate_effective_margin"]
@@ -79,13 +84,13 @@ def _in_strips(
     fn, x: torch.Tensor, width: int, strip_bytes: int, *, halo: int = 0, min_rows: int = 4
 ) -> torch.Tensor:
     """``fn(x)`` for a row-local ``fn`` (output row ``i`` depends on input rows ``i - halo ..
-    i + halo`` only, same height out as in), computed in strips of rows when autograd is off
-    on the CPU, so that its ``width``-channel activations stay near ``strip_bytes`` (float32)
+    i + halo`` only, same height out as in), computed in strips of rows in inference on the
+    CPU (:func:`~hexpress.models.encoders._strips_allowed`), so that its ``width``-channel activations stay near ``strip_bytes`` (float32)
     instead of spanning the whole map. The same numbers as one pass.
     """
     b, _, h, w = x.shape
     rows = max(min_rows, strip_bytes // max(1, 4 * b * width * w))
-    if torch.is_grad_enabled() or h <= rows or x.device.type != "cpu":
+    if h <= rows or not _strips_allowed(x):
         return fn(x)
     out = None
     for y0 in range(0, h, rows):
