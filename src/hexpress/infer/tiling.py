@@ -24,9 +24,11 @@ __all__ = ["Tile", "TileGrid", "make_tile_grid", "DEFAULT_CORE_PX", "DEFAULT_TIL
 
 DEFAULT_TILE_PX = 2560
 """Tile side (margins included) when no tile size is given. Memory grows with the tile side
-(PixNet-Lite0 at 2560 px: about 2.5 GB peak for the process, run one tile at a time on the CPU)
-and the overlap shrinks with it: with a 512 px margin 36 % of the pixels are kept, with 256 px
-64 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either way."""
+(PixNet-Lite0, 250 genes, batches of 2 tiles run one at a time on the CPU: 2.5 GB peak for the
+whole process at 2560 px with a 256 px margin, 4.0 GB at 3584 px; about 1.1 GB of it before the
+first tile) and the overlap shrinks with it: with a 512 px margin 36 % of the pixels are kept,
+with 256 px 64 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either
+way. ``benchmarks/bench_tile_memory.py`` measures the peak per tile side."""
 
 DEFAULT_CORE_PX = 1024
 """The smallest core a default tile gets (models with margins wider than 768 px)."""
