@@ -9,7 +9,7 @@ skipped), and aggregation of 16 µm bins from the on-disk map.
 The model is the untrained ``test_pixnet`` (stride 4) at ``model_mpp`` 2 µm/px, so the 40k run
 (0.5 µm/px slide, 20 x 20 mm) finishes in minutes on 2 CPU cores; memory is bounded by tile and
 batch, which do not depend on the model's weights. ``--model pixnet_lite0 --tile-px default``
-measures the real model at the engine's default tile (2560 px; slower: about 170 GFLOP a tile).
+measures the real model at the engine's default tile (3072 px; slower: about 170 GFLOP a tile).
 
 Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]
 [--model test_pixnet] [--tile-px 1024|default] [--batch-size 4]``.

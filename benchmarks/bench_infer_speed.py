@@ -279,7 +279,7 @@ def main() -> None:
     p.add_argument(
         "--margin", default="exact", help="exact, effective or px (see --help of predict)"
     )
-    p.add_argument("--tile-px", type=int, default=None, help="default: the engine's (2560)")
+    p.add_argument("--tile-px", type=int, default=None, help="default: the engine's (3072)")
     p.add_argument("--runtime", default="torch", choices=RUNTIMES, help="what runs the net")
     p.add_argument(
         "--exporter", default="dynamo", choices=EXPORTERS, help="torch's ONNX exporter (onnx)"

@@ -228,8 +228,8 @@ def test_default_tiles_share_the_image_out_evenly():
     from hexpress.infer.tiling import DEFAULT_TILE_PX
 
     g = make_tile_grid((13000, 13000), stride=4, receptive_field_px=512, align_px=32)
-    # 9 cores of 1472 px cover 13,000 px (9 of 1536 would reach 13,824)
-    assert (g.tile_px, g.margin_px, g.core_cells * 4, g.n_rows) == (2496, 512, 1472, 9)
+    # 7 cores of 1888 px cover 13,000 px (7 of 2048 would reach 14,336)
+    assert (g.tile_px, g.margin_px, g.core_cells * 4, g.n_rows) == (2912, 512, 1888, 7)
     assert g.tile_px <= DEFAULT_TILE_PX and g.n_rows * g.core_cells * 4 >= 13000
     # a smaller margin keeps more of each tile
     e = make_tile_grid((13000, 13000), stride=4, receptive_field_px=288, align_px=32)

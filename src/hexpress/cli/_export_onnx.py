@@ -26,7 +26,7 @@ def export_onnx_command(
         None,
         "--tile-px",
         help="Tile side in px at model_mpp, margins included (default: that of `hexpress "
-        "predict` on a large slide, 2560).",
+        "predict` on a large slide, 3072).",
     ),
     margin: str = typer.Option(
         "exact", "--margin", help="Tile margin: exact, effective, or px (as for predict)."

@@ -73,7 +73,7 @@ def predict(
         None, "--preview", help="Genes to draw over the H&E thumbnail (comma-separated)."
     ),
     tile_px: int | None = typer.Option(
-        None, "--tile-px", help="Tile side in px at model_mpp, margins included (default: 2560)."
+        None, "--tile-px", help="Tile side in px at model_mpp, margins included (default: 3072)."
     ),
     margin: str = typer.Option(
         "exact",

@@ -324,7 +324,7 @@ def predict_tiles(
             torch.from_numpy(np.stack([_read_tile(slide, info, grid, t) for t in batch])), device
         )
 
-    def store(batch: list[Tile], core: np.ndarray) -> None:
+    def store(batch: list[Tile], core: list[np.ndarray]) -> None:
         for t, out in zip(batch, core, strict=True):
             h, w = t.cell_y1 - t.cell_y0, t.cell_x1 - t.cell_x0
             dense_map.write(t.cell_y0, t.cell_x0, out[:h, :w])
@@ -348,13 +348,18 @@ def predict_tiles(
             t1 = time.perf_counter()
             # NHWC uint8 -> NCHW float in [0, 1], channels-last strides (no copy of the layout)
             x = to_device(pixels, device).permute(0, 3, 1, 2).float().div_(255.0)
+            core = []
             with autocast(device, dtype):
                 # the CPU gains nothing from batching big tiles; one at a time bounds memory
-                parts = x.split(1 if device.type == "cpu" else len(x))
-                y = torch.cat([dense_forward(net, p, tta=tta, region=region) for p in parts])
-            if region is None:
-                y = y[:, :, m : m + c, m : m + c]
-            core = y.permute(0, 2, 3, 1).cpu().numpy()
+                for p in x.split(1 if device.type == "cpu" else len(x)):
+                    y = dense_forward(net, p, tta=tta, region=region)
+                    if region is None:
+                        y = y[:, :, m : m + c, m : m + c]
+                    # float16 at once (the map's storage type): each part's float32 output is
+                    # freed before the next part runs
+                    core.extend(y.permute(0, 2, 3, 1).to(torch.float16).cpu().numpy())
+                    del y
+            del x
             t2 = time.perf_counter()
             if written is not None:
                 written.result()  # at most one batch waits to be written
@@ -434,7 +439,7 @@ def predict_slide(
         slide: the slide (any ``mpp``; tiles are read resampled to ``info.model_mpp``).
         info: the dense model and its metadata (:func:`model_info`).
         map_path: where the map goes.
-        tile_px: tile side in input px, margins included (default: 2560 px, see
+        tile_px: tile side in input px, margins included (default: 3072 px, see
             :func:`~hexpress.infer.tiling.make_tile_grid`).
         margin: ``"exact"`` (the receptive field: tiled equals untiled), ``"effective"`` or
             px (see :meth:`ModelInfo.margin_px`).

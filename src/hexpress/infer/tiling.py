@@ -22,13 +22,14 @@ from hexpress.errors import ConfigError
 
 __all__ = ["Tile", "TileGrid", "make_tile_grid", "DEFAULT_CORE_PX", "DEFAULT_TILE_PX"]
 
-DEFAULT_TILE_PX = 2560
+DEFAULT_TILE_PX = 3072
 """Tile side (margins included) when no tile size is given. Memory grows with the tile side
-(PixNet-Lite0, 250 genes, batches of 2 tiles run one at a time on the CPU: 2.5 GB peak for the
-whole process at 2560 px with a 256 px margin, 4.0 GB at 3584 px; about 1.1 GB of it before the
-first tile) and the overlap shrinks with it: with a 512 px margin 36 % of the pixels are kept,
-with 256 px 64 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either
-way. ``benchmarks/bench_tile_memory.py`` measures the peak per tile side."""
+(PixNet-Lite0, 250 genes, batches of 2 tiles run one at a time on the CPU, each tile's core kept
+as float16 as soon as it is computed: 2.27 GB peak for the whole process at 2560 px, 2.50 GB at
+3072 px, 3.05 GB at 3584 px, with a 256 px margin; about 1.1 GB of it before the first tile) and
+the overlap shrinks with it: at 3072 px with a 512 px margin 44 % of the pixels are kept, with
+256 px 69 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either way.
+``benchmarks/bench_tile_memory.py`` measures the peak per tile side."""
 
 DEFAULT_CORE_PX = 1024
 """The smallest core a default tile gets (models with margins wider than 768 px)."""
