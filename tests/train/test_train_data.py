@@ -188,6 +188,26 @@ def test_val_blocks_are_never_supervised(samples):
         assert not us.val[idx].any()
 
 
+def test_center_sections_removes_per_section_offsets_only(samples):
+    cfg = ["data.train=[S1,S2]", "data.val=[]", "data.val_fraction=0.3", "data.val_block_um=50"]
+    plain = _data(samples, *cfg)
+    centred = _data(samples, *cfg, "data.center_sections=true")
+    assert centred.normalization["centered"] and "centered" not in plain.normalization
+    sup = [s.units[0].train_mask for s in plain.train]
+    before = [s.units[0].targets.toarray() for s in plain.train]
+    after = [s.units[0].targets.toarray() for s in centred.train]
+    overall = np.concatenate([b[m] for b, m in zip(before, sup, strict=True)]).mean(0)
+    assert np.abs(before[0][sup[0]].mean(0) - before[1][sup[1]].mean(0)).max() > 0.05
+    for b, a, m, s in zip(before, after, sup, plain.train, strict=True):
+        # each section's supervised mean is now the overall mean, gene by gene
+        np.testing.assert_allclose(a[m].mean(0), overall, atol=1e-5)
+        # one shift per gene for every measured unit (validation blocks included)
+        meas = s.units[0].measured
+        shift = a[meas] - b[meas]
+        np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=1e-5)
+        assert s.units[0].val[meas].any()
+
+
 def test_several_geometries_on_one_slide():
     _, discs = synthetic_slide(0)
     _, squares = synthetic_slide(0, spot_um=8, pitch_um=10, geometry="square")

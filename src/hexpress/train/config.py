@@ -180,6 +180,10 @@ class DataConfig:
         preload_max_mpx: read a whole slide into memory once (at the training resolution) when
             it has at most this many megapixels there; larger slides are read crop by crop.
         stain: stain normalisation to a reference (:class:`StainConfig`).
+        center_sections: shift each training section's targets, gene by gene, so that its mean
+            over its supervised units equals the mean over all training sections. A per-gene
+            offset between sections (sequencing depth, batch) then no longer rewards a model
+            for telling sections apart; correlations within a section are unchanged.
     """
 
     format: str = "legacy-st"
@@ -200,6 +204,7 @@ class DataConfig:
     geometries: list[GeometryConfig] = field(default_factory=lambda: [GeometryConfig()])
     preload_max_mpx: float = 64.0
     stain: StainConfig = field(default_factory=StainConfig)
+    center_sections: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.val_fraction < 1.0:

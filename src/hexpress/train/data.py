@@ -323,6 +323,33 @@ def _val_blocks(slide: SlideData, fraction: float, block_um: float, seed: int) -
     )
 
 
+def _center_sections(slides: list[SlideData]) -> None:
+    """Shift each slide's targets per gene to the mean over all slides (``data.center_sections``).
+
+    Means are over supervised units (measured, not validation), geometry by geometry; every
+    measured unit of a slide, validation blocks included, gets the same shift, so that
+    validation scores what training fits. Unmeasured units stay at 0 (never supervised).
+    """
+    for g in range(len(slides[0].units)):
+        sets = [s.units[g] for s in slides]
+        rows = [us.targets[us.train_mask] for us in sets]
+        means = [np.asarray(r.mean(axis=0)).ravel() for r in rows]
+        n = np.array([r.shape[0] for r in rows], dtype=np.float64)
+        if n.sum() == 0:
+            continue
+        overall = sum(m * k for m, k in zip(means, n, strict=True)) / n.sum()
+        for slide, us, m, k in zip(slides, sets, means, n, strict=True):
+            if k == 0:
+                continue
+            dense = us.targets.toarray()
+            dense[us.measured] += (overall - m).astype(np.float32)
+            us.targets = sp.csr_matrix(dense)
+            log.info(
+                "%s (%s): targets centred, largest per-gene shift %.3f",
+                slide.sample_id, us.name, float(np.abs(overall - m).max()),
+            )  # fmt: skip
+
+
 def resolve_split(config: DataConfig) -> DataConfig:
     """``config`` with ``train`` / ``val`` / ``test`` filled from ``split_file`` when it names
     one (validation samples of the config are kept where the split names none)."""
@@ -421,6 +448,9 @@ def load_training_data(
         "total": "all genes",
         "genes": len(genes),
     }
+    if config.center_sections:
+        _center_sections(train)
+        normalization["centered"] = "training sections, per gene"
     return TrainingData(
         train, val, genes, normalization, [g.name for g in config.geometries],
         stain=None if stain is None else stain.to_meta(),
