@@ -76,11 +76,20 @@ def _memory_bench():
     return mod
 
 
+_PEAK_KB = 0
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (``VmHWM``), MB."""
+    """Peak resident memory of this process so far (``VmHWM``), MB.
+
+    Linux updates the recorded high-water mark lazily, so a later ``VmHWM`` can read below an
+    earlier one (it includes the resident size at the moment of reading); the largest reading
+    so far is returned, which never decreases."""
+    global _PEAK_KB
     with open("/proc/self/status") as f:
         kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
-    return round(kb / 1024, 1)
+    _PEAK_KB = max(_PEAK_KB, kb)
+    return round(_PEAK_KB / 1024, 1)
 
 
 def matmul_gflops(n: int = 2048, min_s: float = 1.0) -> float:
