@@ -203,3 +203,19 @@ def write_predict_inputs(d: Path) -> Path:
     }  # fmt: skip
     (d / "cells.geojson").write_text(json.dumps(cells))
     return d
+
+
+def tiny_pixnet(n_genes: int, seed: int = 0) -> nn.Module:
+    """The registry's ``test_pixnet`` in eval mode with non-trivial batch-norm statistics (so
+    that folding them into the convolutions changes the weights)."""
+    from hexpress.models import create_model
+
+    torch.manual_seed(seed)
+    torch.set_num_threads(1)
+    model = create_model("test_pixnet", n_genes=n_genes).eval()
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 2.0)
+    return model

@@ -8,14 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from infer_helpers import TinyDense
+from infer_helpers import TinyDense, tiny_pixnet
 
 from hexpress._device import prepare_model
 from hexpress.errors import ConfigError
 from hexpress.infer import make_tile_grid
 from hexpress.infer.engine import core_region, dense_forward
 from hexpress.infer.onnx_export import export_onnx, ort_session
-from hexpress.models import create_model
 from hexpress.models.fuse import fold_batchnorms
 from hexpress.models.pixnet import DFFN
 
@@ -28,16 +27,10 @@ TILE_PX, MARGIN_PX = 128, 32
 @pytest.fixture
 def pixnet():
     """A tiny PixNet with non-trivial batch-norm statistics and DFFN strips of 4 rows."""
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = create_model("test_pixnet", n_genes=5).eval()
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-            if isinstance(mod, DFFN):
-                mod.strip_bytes = 1  # strips of the minimum 4 rows: the strip path is exported
+    model = tiny_pixnet(n_genes=5)
+    for mod in model.modules():
+        if isinstance(mod, DFFN):
+            mod.strip_bytes = 1  # strips of the minimum 4 rows: the strip path is exported
     return model
 
 

@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from infer_helpers import TinyDense, he_like, tiny_meta
+from infer_helpers import TinyDense, he_like, tiny_meta, tiny_pixnet
 
 from hexpress.errors import ConfigError
 from hexpress.infer import ModelInfo, TissueMask, engine, open_dense_map, predict_slide
 from hexpress.infer.onnx_export import OnnxTileNet
 from hexpress.io import ArrayImage
-from hexpress.models import create_model
 
 pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'hexpress[onnx]'")
 pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'hexpress[onnx]'")
@@ -24,15 +23,7 @@ TILE_PX, MARGIN_PX = 128, 32
 
 @pytest.fixture
 def pixnet_info():
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    model = create_model("test_pixnet", n_genes=3).eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics: folding them matters
-        for mod in model.modules():
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.uniform_(-0.2, 0.2)
-                mod.running_var.uniform_(0.5, 2.0)
-    return ModelInfo(model, {"model_mpp": 1.0, "genes": ["A", "B", "C"]})
+    return ModelInfo(tiny_pixnet(n_genes=3), {"model_mpp": 1.0, "genes": ["A", "B", "C"]})
 
 
 def _map(info, slide, path, **kw) -> tuple[np.ndarray, dict]:
