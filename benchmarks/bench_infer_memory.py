@@ -12,7 +12,8 @@ batch, which do not depend on the model's weights. ``--model pixnet_lite0 --tile
 measures the real model at the engine's default tile (3072 px; slower: about 170 GFLOP a tile).
 
 Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]
-[--model test_pixnet] [--tile-px 1024|default] [--batch-size 4]``.
+[--model test_pixnet] [--tile-px 1024|default] [--batch-size 4] [--genes 16]
+[--runtime torch|onnx]``.
 Prints one JSON object.
 """
 
@@ -82,7 +83,9 @@ def write_slide(path: Path, size: int) -> Path:
     return path
 
 
-def child(slide: str, out: str, model_name: str, tile: str, batch: str) -> None:
+def child(
+    slide: str, out: str, model_name: str, tile: str, batch: str, genes: str, runtime: str
+) -> None:
     """Predict one slide (in its own process) and print the JSON of its peak memory."""
     import torch
 
@@ -93,13 +96,14 @@ def child(slide: str, out: str, model_name: str, tile: str, batch: str) -> None:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    model = create_model(model_name, n_genes=16).eval()
-    info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(16)]})
+    n_genes = int(genes)
+    model = create_model(model_name, n_genes=n_genes).eval()
+    info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(n_genes)]})
     img = open_image(slide)
     tissue = detect_tissue(img)
     dm = predict_slide(
         img, info, Path(out) / "map.zarr", tile_px=None if tile == "default" else int(tile),
-        batch_size=int(batch), tissue=tissue,
+        batch_size=int(batch), tissue=tissue, runtime=runtime,
         progress=False,
     )  # fmt: skip
     t_map = time.perf_counter() - t0
@@ -133,7 +137,9 @@ def main() -> None:
     p.add_argument("--model", default="test_pixnet")
     p.add_argument("--tile-px", default="1024", help="px, or 'default' (the engine's)")
     p.add_argument("--batch-size", default="4")
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--genes", default="16", help="output genes of the model")
+    p.add_argument("--runtime", default="torch", help="torch or onnx (the onnx extra)")
+    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child)
@@ -149,7 +155,7 @@ def main() -> None:
         t_write = time.perf_counter() - t0
         out = work / f"out_{size}"
         cmd = [sys.executable, __file__, "--child", str(slide), str(out), args.model,
-               args.tile_px, args.batch_size]  # fmt: skip
+               args.tile_px, args.batch_size, args.genes, args.runtime]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["seconds_write_slide"] = round(t_write, 1)
@@ -158,7 +164,8 @@ def main() -> None:
     sizes = list(results)
     out = {
         "benchmark": "infer_memory",
-        "model": f"{args.model} (untrained decoder, stride 4, 16 genes)",
+        "model": f"{args.model} (untrained decoder, stride 4, {args.genes} genes)",
+        "runtime": args.runtime,
         "slide_mpp": SLIDE_MPP,
         "model_mpp": MODEL_MPP,
         "tile_px": args.tile_px,

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_infer_memory  # the sibling script: run as a script, its folder is on sys.path
 import numpy as np
 import torch
 
@@ -65,15 +65,6 @@ from hexpress.models import create_model
 MODEL_MPP = 0.5
 N_GENES = 250
 BIN_SIZES = (16, 8, 2)
-
-
-def _memory_bench():
-    """``bench_infer_memory.py`` next to this file (the synthetic slide is written there)."""
-    path = Path(__file__).with_name("bench_infer_memory.py")
-    spec = importlib.util.spec_from_file_location("_bench_infer_memory", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 _PEAK_KB = 0
@@ -311,7 +302,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hexpress_speed_", dir=args.workdir))
     out: dict = {"benchmark": "infer_speed_region", "threads": args.threads, "device": "cpu"}
     try:
-        slide_path, t_write = _timed(_memory_bench().write_slide, work / "region.tif", side)
+        slide_path, t_write = _timed(bench_infer_memory.write_slide, work / "region.tif", side)
         out["seconds_write_slide_untimed_part"] = round(t_write, 1)
         if "dense" not in skip:
             out["dense"] = bench_dense(args, work, slide_path, side)

@@ -35,13 +35,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import importlib.util
 import json
 import os
 import sys
 import time
-from pathlib import Path
 
+import bench_infer_speed  # the sibling script (matmul rate, FLOP count, peak RSS)
 import numpy as np
 import torch
 
@@ -52,15 +51,6 @@ from hexpress.infer.onnx_export import EXPORTERS, GRAPH_LEVELS, export_onnx, ort
 from hexpress.models import create_model
 from hexpress.models.fuse import fold_batchnorms
 from hexpress.models.pixnet import DFFN
-
-
-def _speed_bench():
-    """``bench_infer_speed.py`` next to this file (its matmul rate, FLOP count, peak RSS)."""
-    path = Path(__file__).with_name("bench_infer_speed.py")
-    spec = importlib.util.spec_from_file_location("_bench_infer_speed", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _median_seconds(fn, repeats: int) -> tuple[float, object]:
@@ -172,7 +162,7 @@ def main() -> None:
         p.error(f"unknown level(s) {bad}; choose from {GRAPH_LEVELS}")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    speed = _speed_bench()
+    speed = bench_infer_speed
     import onnxruntime
 
     model = create_model(args.model, n_genes=args.n_genes).eval()

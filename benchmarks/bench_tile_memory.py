@@ -30,8 +30,6 @@ result is also printed to stderr as soon as it is done.
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import json
 import os
 import subprocess
@@ -40,20 +38,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_infer_memory  # sibling scripts: run as a script, its folder is on sys.path
+import bench_infer_speed
 import numpy as np
 
 MODEL_MPP = 0.5
 BAND_ROWS = 128
-
-
-@functools.cache
-def _sibling(name: str):
-    """The benchmark module ``name`` next to this file."""
-    path = Path(__file__).with_name(f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rss_mb() -> float:
@@ -66,7 +56,7 @@ def _synthetic_slide(height: int, width: int):
     """A lazy all-tissue slide at ``MODEL_MPP`` whose pixels are made when read."""
     from hexpress.io.image import SlideImage
 
-    texture = _sibling("bench_infer_memory")._texture
+    texture = bench_infer_memory._texture
     side = 8 * max(height, width)  # the texture's ellipse much larger than the slide: all tissue
 
     class _Slide(SlideImage):
@@ -168,7 +158,7 @@ def child(args) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    return _sibling("bench_infer_speed").peak_rss_mb()
+    return bench_infer_speed.peak_rss_mb()
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ Usage: ``benchmarks/device_check.sh [--out DIR]`` (or ``python benchmarks/device
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import subprocess
 import sys
@@ -35,12 +34,9 @@ MODEL_MPP = 0.5
 
 
 def _write_slide(path: Path, side: int) -> Path:
-    spec = importlib.util.spec_from_file_location(
-        "_bench_infer_memory", Path(__file__).with_name("bench_infer_memory.py")
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.write_slide(path, side)
+    import bench_infer_memory  # the sibling script: run as a script, its folder is on sys.path
+
+    return bench_infer_memory.write_slide(path, side)
 
 
 def check_train(work: Path, device: str, gpu: bool) -> dict:
