@@ -109,6 +109,13 @@ def test_bench_end_to_end_and_resume(slides, tmp_path):
     after = json.loads((out / "runs" / "all" / "PixNet_tiny" / "summary.json").read_text())
     assert before == after
     assert (out / "results.csv").is_file()
+    # other inference settings make the earlier predictions stale: predicted again, with them
+    preds = sorted((out / "predictions").rglob("summary.json"))
+    assert preds and not any(json.loads(f.read_text())["options"]["tta"] for f in preds)
+    (out / "results.csv").unlink()
+    run_bench(load_bench_config(_config(slides, out, predict={"batch_size": 4, "tta": True})))
+    assert all(json.loads(f.read_text())["options"]["tta"] for f in preds)
+    assert before == json.loads((out / "runs" / "all" / "PixNet_tiny" / "summary.json").read_text())
 
 
 def test_bench_two_folds_writes_fold_reports(slides, tmp_path):

@@ -404,23 +404,43 @@ def _predict(info, sample, units_list, out_dir: Path, bench: BenchConfig) -> tup
 
     from hexpress.infer import PredictOptions, predict_one
 
-    summary = out_dir / "summary.json"
-    if summary.is_file():
-        s = json.loads(summary.read_text())
-        names = set(s.get("units", {}))
-        if all(u.name in names for u in units_list):
-            log.info("reusing the predictions in %s", out_dir)
-            preds = {u.name: ad.read_h5ad(out_dir / f"{u.name}.h5ad") for u in units_list}
-            return preds, float(s.get("seconds_total", math.nan))
     p = bench.predict
     batch = p.tile_batch_size if info.kind == "dense" else p.batch_size
     opts = PredictOptions(
         batch_size=batch, tta=p.tta, device=p.device, tile_px=p.tile_px,
         detect_tissue=p.detect_tissue, overwrite=True,
     )  # fmt: skip
+    summary = out_dir / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        names = set(s.get("units", {}))
+        changed = _changed_predict_settings(s, info, opts)
+        if changed:
+            log.info("predicting %s again: %s changed", out_dir, ", ".join(changed))
+        elif all(u.name in names for u in units_list):
+            log.info("reusing the predictions in %s", out_dir)
+            preds = {u.name: ad.read_h5ad(out_dir / f"{u.name}.h5ad") for u in units_list}
+            return preds, float(s.get("seconds_total", math.nan))
     s = predict_one(sample.image, info, out_dir, opts, units=units_list)
     preds = {u.name: ad.read_h5ad(out_dir / f"{u.name}.h5ad") for u in units_list}
     return preds, float(s["seconds_total"])
+
+
+# what makes earlier predictions of the same units stale: the weights and how they were applied
+_PREDICT_KEYS = ("tta", "tile_px", "margin", "precision", "runtime", "mpp", "detect_tissue")
+
+
+def _changed_predict_settings(summary: dict, info, opts) -> list[str]:
+    """What differs between a finished prediction's ``summary.json`` and this one's settings."""
+    from dataclasses import asdict
+
+    old = summary.get("options") or {}
+    new = asdict(opts)
+    changed = [k for k in _PREDICT_KEYS if old.get(k) != new.get(k)]
+    before = summary.get("checkpoint") or {}
+    if before.get("sha256") != info.identity.get("sha256"):
+        changed.insert(0, "the checkpoint")
+    return changed
 
 
 def _units(sample, name: str, max_units: int, seed: int):
