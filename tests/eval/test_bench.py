@@ -116,6 +116,12 @@ def test_bench_end_to_end_and_resume(slides, tmp_path):
     run_bench(load_bench_config(_config(slides, out, predict={"batch_size": 4, "tta": True})))
     assert all(json.loads(f.read_text())["options"]["tta"] for f in preds)
     assert before == json.loads((out / "runs" / "all" / "PixNet_tiny" / "summary.json").read_text())
+    # a finished run trained with other settings is never reused: refused, saying what differs
+    (out / "results.csv").unlink()
+    changed = _config(slides, out)
+    changed["methods"][0]["config"]["optim"]["max_steps"] = 5
+    with pytest.raises(ConfigError, match=r"PixNet_tiny was trained with other settings: optim"):
+        run_bench(load_bench_config(changed))
 
 
 def test_bench_two_folds_writes_fold_reports(slides, tmp_path):

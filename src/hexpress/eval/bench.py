@@ -320,11 +320,21 @@ def _merge(base: dict, over: dict) -> dict:
 def _train_or_reuse(cfg) -> tuple[Path, float, bool]:
     """``(checkpoint, train seconds, reused)``: a finished run folder is reused, a killed one
     resumed, an empty one trained."""
+    from hexpress._config import read_yaml
     from hexpress.train import train
+    from hexpress.train.trainer import config_changes
 
     run = Path(cfg.run.out_dir)
     summary, final = run / "summary.json", run / "model.json"
     if summary.is_file() and final.is_file():
+        saved = run / "config.yaml"
+        diff = config_changes(read_yaml(saved), cfg) if saved.is_file() else []
+        if diff:
+            raise ConfigError(
+                f"the finished run {run} was trained with other settings: {', '.join(diff[:8])}."
+                " Remove that folder to train it again with these settings, or choose another "
+                "out_dir."
+            )
         wall = json.loads(summary.read_text()).get("wall_s")
         log.info("reusing the finished run %s", run)
         return final, float(wall) if wall is not None else math.nan, True

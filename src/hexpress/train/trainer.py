@@ -68,13 +68,10 @@ FINAL = "model"
 BEST = "best"  # the best validation so far, with run.select: best_val
 LOG_COLUMNS = ("step", "split", "loss", "mse", "pcc", "lr", "time_s")
 # keys that may differ when a run is resumed (how long and how it is watched, not what it learns)
-_RESUME_FREE = {
-    "run.select",
-    "optim.max_steps",
-    "optim.epochs",
+# config keys that do not change what a finished run's weights are
+_REUSE_FREE = {
     "run.out_dir",
     "run.log_every",
-    "run.val_every",
     "run.ckpt_every",
     "run.num_workers",
     "run.device",
@@ -83,6 +80,8 @@ _RESUME_FREE = {
     "run.tensorboard",
     "run.feature_cache",  # cached and on-the-fly frozen features are the same numbers
 }
+# ... and those a resumed run may change as well
+_RESUME_FREE = _REUSE_FREE | {"run.select", "optim.max_steps", "optim.epochs", "run.val_every"}
 
 
 @dataclass
@@ -332,13 +331,20 @@ def _fmt(v) -> str:
 # -- the run ------------------------------------------------------------------------------------
 
 
-def _check_resume_config(saved: dict, config: TrainConfig, path: Path) -> None:
+def config_changes(saved: dict, config: TrainConfig, free: set[str] = _REUSE_FREE) -> list[str]:
+    """``"key (old -> new)"`` for every setting, outside ``free``, in which ``config`` differs
+    from a run's saved ``config.yaml`` (``saved``, as read)."""
     a, b = _flatten(saved), _flatten(config_to_dict(config))
-    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in _RESUME_FREE)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in free)
+    return [f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in diff]
+
+
+def _check_resume_config(saved: dict, config: TrainConfig, path: Path) -> None:
+    diff = config_changes(saved, config, _RESUME_FREE)
     if diff:
         raise ConfigError(
             f"cannot resume: the config differs from the run's {path} in "
-            f"{', '.join(f'{k} ({a.get(k)!r} -> {b.get(k)!r})' for k in diff[:8])}. Resume with "
+            f"{', '.join(diff[:8])}. Resume with "
             "the same config (only max_steps/epochs and logging options may change), or start "
             "a new run folder."
         )
