@@ -67,8 +67,7 @@ LAST = "last"
 FINAL = "model"
 BEST = "best"  # the best validation so far, with run.select: best_val
 LOG_COLUMNS = ("step", "split", "loss", "mse", "pcc", "lr", "time_s")
-# keys that may differ when a run is resumed (how long and how it is watched, not what it learns)
-# config keys that do not change what a finished run's weights are
+# config keys that change how a run is watched and stored, not what its weights are
 _REUSE_FREE = {
     "run.out_dir",
     "run.log_every",
@@ -80,7 +79,7 @@ _REUSE_FREE = {
     "run.tensorboard",
     "run.feature_cache",  # cached and on-the-fly frozen features are the same numbers
 }
-# ... and those a resumed run may change as well
+# ... and those a resumed run may change as well (how long it runs, which step it keeps)
 _RESUME_FREE = _REUSE_FREE | {"run.select", "optim.max_steps", "optim.epochs", "run.val_every"}
 
 
