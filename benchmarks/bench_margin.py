@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from hexpress.infer import make_tile_grid, predict_slide
-from hexpress.infer.dense_map import open_dense_map
 from hexpress.infer.pipeline import load_model_info
 from hexpress.infer.tissue import detect_tissue
 from hexpress.io import open_image
+from hexpress.models.loss import per_gene_pcc
 
 
 def _map(info, slide, tissue, tile_px: int, margin, out: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -43,8 +43,7 @@ def _map(info, slide, tissue, tile_px: int, margin, out: Path) -> tuple[np.ndarr
         slide, info, out, tile_px=tile_px, margin=margin, tissue=tissue, progress=False,
     )  # fmt: skip
     h, w, _ = dm.shape
-    values, covered = open_dense_map(out).read(0, h, 0, w, dtype=np.float16)
-    return values, covered
+    return dm.read(0, h, 0, w, dtype=np.float16)
 
 
 def compare(exact: np.ndarray, other: np.ndarray, covered: np.ndarray) -> dict:
@@ -54,9 +53,8 @@ def compare(exact: np.ndarray, other: np.ndarray, covered: np.ndarray) -> dict:
     diff = np.abs(a - b)
     std = float(a.std())
     step = np.spacing(np.abs(exact[covered])).astype(np.float32)  # float16 step at each value
-    a_c, b_c = a - a.mean(0), b - b.mean(0)
-    den = np.sqrt((a_c**2).sum(0) * (b_c**2).sum(0))
-    pcc = np.where(den > 0, (a_c * b_c).sum(0) / np.where(den > 0, den, 1), 1.0)
+    pcc, valid = per_gene_pcc(torch.from_numpy(b), torch.from_numpy(a))
+    pcc = pcc[valid].numpy() if bool(valid.any()) else np.ones(1, dtype=np.float32)
     worst = float(diff.max()) if diff.size else 0.0
     return {
         "cells_compared": int(a.shape[0]),
