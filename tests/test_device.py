@@ -89,3 +89,18 @@ def test_prepare_model_is_channels_last_and_eval():
     out = D.prepare_model(m, torch.device("cpu"))
     assert not out.training
     assert out[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_place_model_keeps_the_parameters_an_optimiser_holds():
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 2, 1)).train()
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    before = [id(p) for p in m.parameters()]
+    D.place_model(m, torch.device("cpu"))
+    assert m.training and [id(p) for p in m.parameters()] == before
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in m.parameters()
+               if p.ndim == 4)  # fmt: skip
+    x = torch.rand(2, 3, 8, 8)
+    m(x).square().mean().backward()
+    w = m[0].weight.detach().clone()
+    opt.step()
+    assert not torch.equal(w, m[0].weight)  # the optimiser steps the placed weights

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import write_legacy_st
 
+from hexpress._device import place_model
 from hexpress.errors import ConfigError, OutputExistsError
 from hexpress.models import load_checkpoint
 from hexpress.train import load_config, load_training_state, train
@@ -39,6 +40,11 @@ def test_train_checkpoint_reload_identical_predictions(tmp_path, samples):
     ck = load_checkpoint(res.checkpoint)
     assert ck.genes == res.genes and ck.model_mpp == 1.0
     assert ck.normalization["scale"] == 1e4 and ck.config["model"]["name"] == "test_pixnet"
+    a, b = ck.model.state_dict(), res.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the trained model is in channels-last layout; in the same layout the reloaded one
+    # predicts bit for bit the same
+    place_model(ck.model, torch.device("cpu"))
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(ck.model(x), res.model(x), rtol=0, atol=0)

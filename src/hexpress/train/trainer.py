@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hexpress._device import MixedPrecision, loader_kwargs
+from hexpress._device import MixedPrecision, loader_kwargs, place_model
 from hexpress._files import atomic_path
 from hexpress._files import sha256_file as _sha256
 from hexpress._files import write_file as _atomic_text
@@ -260,6 +260,15 @@ def _restore_state(meta: dict, tensors: dict, model: nn.Module, opt: torch.optim
         if "betas" in g:
             g["betas"] = tuple(g["betas"])
     opt.load_state_dict({"state": state, "param_groups": groups})
+    # the moments in their parameter's own layout (channels-last weights, `place_model`): the
+    # fused Adam step walks a parameter and its moments in memory order, so a moment loaded
+    # contiguous next to a channels-last weight would update the wrong elements
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
     torch.set_rng_state(tensors["rng.torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
     if cuda and torch.cuda.is_available():
@@ -479,7 +488,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     task = make_task(cfg, data, model, describe_model(cfg.model.name)["kind"], device=device,
                      rank=dist.rank, world_size=world, is_main=main,
                      barrier=lambda: barrier(dist))  # fmt: skip
-    model.to(device)
+    place_model(model, device)
 
     def save(name: str, step: int, val: dict) -> Path:
         _, jpath = save_checkpoint(
@@ -543,7 +552,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
     if start_step:
         meta, tensors = load_training_state(out)
         _restore_state(meta, tensors, model, opt)
-        model.to(device)
+        place_model(model, device)
         log.info("resumed from step %d", start_step)
         if start_step > max_steps:
             raise ConfigError(
