@@ -109,3 +109,41 @@ def test_bench_configs_resolve_every_method(bench, tmp_path):
             train_cfg = method_train_config(cfg, method, fold, tmp_path / "run")
             assert train_cfg.model.name in list_models()
             assert train_cfg.run.seed == cfg.seed
+
+
+def test_stain_study_shares_bench_her2st_plain_runs_and_changes_only_the_stain(tmp_path):
+    """The stain benchmarks' plain rows are bench_her2st.yaml's runs, and each stain variant
+    differs from its plain recipe in the stain settings alone (what their comments promise)."""
+    from hexpress.eval.bench import load_bench_config, method_train_config
+    from hexpress.train.config import config_to_dict
+
+    def resolved(bench, name, fold):
+        m = next(m for m in bench.methods if m.name == name)
+        return config_to_dict(method_train_config(bench, m, fold, tmp_path / "run"))
+
+    main = load_bench_config(CONFIGS / "bench_her2st.yaml")
+    stain = load_bench_config(CONFIGS / "bench_her2st_stain.yaml")
+    alone = load_bench_config(CONFIGS / "bench_her2st_stain_pixnet.yaml")
+    assert [f.overrides for f in main.folds] == [f.overrides for f in stain.folds] == [
+        f.overrides for f in alone.folds]  # fmt: skip
+    stain_keys = {("data", "stain"), ("augment", "hed_sigma"), ("augment", "hed_bias"),
+                  ("augment", "stain_rotation_deg")}  # fmt: skip
+
+    def without_stain(d):
+        return {s: {k: v for k, v in sec.items() if (s, k) not in stain_keys}
+                for s, sec in d.items()}  # fmt: skip
+
+    for fold in main.folds:
+        pix = resolved(main, "PixNet", fold)
+        assert resolved(stain, "PixNet", fold) == pix
+        patch = resolved(main, "EfficientNet-Lite0 patch", fold)
+        assert resolved(stain, "Lite0 patch", fold) == patch
+        for bench, name, plain in [(stain, "PixNet + Macenko + strong jitter", pix),
+                                   (alone, "PixNet + Macenko + strong jitter", pix),
+                                   (stain, "PixNet + Macenko", pix),
+                                   (stain, "PixNet + strong stain jitter", pix),
+                                   (stain, "Lite0 patch + Macenko", patch),
+                                   (stain, "Lite0 patch + Macenko + strong jitter", patch)]:
+            variant = resolved(bench, name, fold)
+            assert variant != plain, name
+            assert without_stain(variant) == without_stain(plain), name
