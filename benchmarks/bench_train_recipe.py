@@ -78,8 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("recipe", type=Path)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--set", dest="overrides", action="append", default=[],
-                    help="a config override, section.key=value (repeatable)")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        help="a config override, section.key=value (repeatable)",
+    )
     ap.add_argument("--layouts", default=",".join(LAYOUTS))
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here")

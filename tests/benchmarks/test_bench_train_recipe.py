@@ -31,7 +31,8 @@ def test_both_layouts_are_timed_and_agree(small_out, tmp_path):
     assert cl["channels_last_weights"] > 0 and plain["channels_last_weights"] == 0
     assert cl["final_loss"] == pytest.approx(plain["final_loss"], rel=1e-4)
     assert res["channels_last_speedup"] == pytest.approx(
-        cl["steps_per_s"] / plain["steps_per_s"], rel=1e-2)
+        cl["steps_per_s"] / plain["steps_per_s"], rel=1e-2
+    )
 
 
 def test_an_unknown_layout_is_refused():

@@ -138,12 +138,14 @@ def test_stain_study_shares_bench_her2st_plain_runs_and_changes_only_the_stain(t
         assert resolved(stain, "PixNet", fold) == pix
         patch = resolved(main, "EfficientNet-Lite0 patch", fold)
         assert resolved(stain, "Lite0 patch", fold) == patch
-        for bench, name, plain in [(stain, "PixNet + Macenko + strong jitter", pix),
-                                   (alone, "PixNet + Macenko + strong jitter", pix),
-                                   (stain, "PixNet + Macenko", pix),
-                                   (stain, "PixNet + strong stain jitter", pix),
-                                   (stain, "Lite0 patch + Macenko", patch),
-                                   (stain, "Lite0 patch + Macenko + strong jitter", patch)]:
+        for bench, name, plain in [
+            (stain, "PixNet + Macenko + strong jitter", pix),
+            (alone, "PixNet + Macenko + strong jitter", pix),
+            (stain, "PixNet + Macenko", pix),
+            (stain, "PixNet + strong stain jitter", pix),
+            (stain, "Lite0 patch + Macenko", patch),
+            (stain, "Lite0 patch + Macenko + strong jitter", patch),
+        ]:
             variant = resolved(bench, name, fold)
             assert variant != plain, name
             assert without_stain(variant) == without_stain(plain), name
