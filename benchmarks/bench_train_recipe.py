@@ -20,7 +20,6 @@ Prints one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -41,11 +40,6 @@ def _default_layout(model, device):
     return model.to(device)
 
 
-def _last_loss(run_dir: Path) -> float:
-    rows = [r for r in csv.DictReader(open(run_dir / "log.csv")) if r["split"] == "train"]
-    return float(rows[-1]["loss"])
-
-
 def run_layout(recipe: Path, overrides: list[str], layout: str, steps: int, out: Path) -> dict:
     """Train ``steps`` steps of ``recipe`` in ``layout``; its rate and final loss."""
     cfg = load_config(recipe, [
@@ -58,19 +52,17 @@ def run_layout(recipe: Path, overrides: list[str], layout: str, steps: int, out:
     if layout == "default":
         trainer.place_model = _default_layout
     try:
-        model = train(cfg).model
+        res = train(cfg)
     finally:
         trainer.place_model = placed
-    rate = _rate(out)
+    rate = _rate(out, cfg.optim.batch_size)
+    rate["final_loss"] = res.train_loss  # the last step's: the window is one step (log_every=1)
     # weights whose memory order is channels-last and not the default one: the layout trained
     cl = torch.channels_last
     rate["channels_last_weights"] = sum(
         p.ndim == 4 and p.is_contiguous(memory_format=cl) and not p.is_contiguous()
-        for p in model.parameters()
+        for p in res.model.parameters()
     )
-    bs = cfg.optim.batch_size
-    rate["samples_per_s"] = round(rate["steps_per_s"] * bs, 3) if rate["steps_per_s"] else None
-    rate["final_loss"] = _last_loss(out)
     return rate
 
 

@@ -42,12 +42,14 @@ from hexpress.train import config_from_dict, train
 from hexpress.train.feature_cache import describe_cache
 
 
-def _rate(run_dir: Path) -> dict:
+def _rate(run_dir: Path, batch_size: int) -> dict:
+    """Steps and samples per second between a run's first and last logged training step."""
     rows = [r for r in csv.DictReader(open(run_dir / "log.csv")) if r["split"] == "train"]
     steps = len(rows) - 1
     dt = float(rows[-1]["time_s"]) - float(rows[0]["time_s"])
-    return {"steps_timed": steps, "seconds": round(dt, 3),
-            "steps_per_s": round(steps / dt, 4) if dt > 0 else None}  # fmt: skip
+    per_s = round(steps / dt, 4) if dt > 0 else None
+    return {"steps_timed": steps, "seconds": round(dt, 3), "steps_per_s": per_s,
+            "samples_per_s": round(per_s * batch_size, 3) if per_s else None}  # fmt: skip
 
 
 def _config(data: dict, model: str, kwargs: dict, phase: str, args, out: Path, cache: Path):
@@ -137,10 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
                 part["cache_bytes"] = sum(
                     e["bytes"] for e in describe_cache(cache) if e["kind"] == kind
                 )
-            rate = _rate(out)
-            rate["samples_per_s"] = (
-                round(rate["steps_per_s"] * args.batch_size, 3) if rate["steps_per_s"] else None
-            )
+            rate = _rate(out, args.batch_size)
             part["end_to_end" if phase == "finetune" else "frozen"] = rate
         e2e, frz = part["end_to_end"]["steps_per_s"], part["frozen"]["steps_per_s"]
         part["frozen_over_end_to_end"] = round(frz / e2e, 3) if e2e and frz else None

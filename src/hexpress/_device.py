@@ -146,8 +146,8 @@ def place_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     oneDNN on CPUs and tensor-core GPUs run convolutions faster in that layout, forward and
     backward (on 2 CPU cores a training step of the HER2ST Lite0 patch recipe takes 0.71 times
     as long, of its PixNet recipe 0.85 times: benchmarks/bench_train_recipe.py); the values are
-    the same up to float rounding. The parameters
-    stay the same objects, so an optimiser built over them before still holds them.
+    the same up to float rounding. The parameters stay the same objects, so an optimiser built
+    over them before still holds them.
     """
     return model.to(device=device, memory_format=torch.channels_last)
 

@@ -551,8 +551,7 @@ def _train(cfg, resume, samples, device, dist: DistInfo, t_start, create_model, 
                            fused=device.type in ("cpu", "cuda"))  # fmt: skip
     if start_step:
         meta, tensors = load_training_state(out)
-        _restore_state(meta, tensors, model, opt)
-        place_model(model, device)
+        _restore_state(meta, tensors, model, opt)  # copied into the placed weights
         log.info("resumed from step %d", start_step)
         if start_step > max_steps:
             raise ConfigError(
