@@ -17,9 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 PRESTIGE = REPO / "configs" / "study_prestige_her2st.yaml"
 
 
-def test_prestige_config_expands_to_the_grid_and_skips_what_is_missing():
+def test_prestige_config_expands_to_its_design_and_skips_what_is_missing():
     runs = expand_study(load_study(PRESTIGE))
-    assert len(runs) == 2 * (3 * 2 * 2 * 2) * 2  # folds x (size|mpp x encoder x training x stain)
+    # folds x (patch: size x encoder crossed, + end to end, + stain; PixNet: base + one level
+    # of each axis at a time: 2 resolutions, 1 encoder, frozen, stain)
+    assert len(runs) == 2 * ((3 * 2 + 1 + 1) + (1 + 2 + 1 + 1 + 1))
     assert len({(r.fold, r.family, r.setting) for r in runs}) == len(runs)
     assert len({r.out_dir for r in runs}) == len(runs)
     lite2_here = encoder_weights_available("tf_efficientnet_lite2")
@@ -37,17 +39,72 @@ def test_prestige_config_expands_to_the_grid_and_skips_what_is_missing():
         phases = [next(iter(p)) for p in cfg.optim.phases]
         if r.family == "patch baseline":
             assert cfg.model.kwargs["patch_um"] == float(r.levels["patch_um"])
+            assert cfg.model.name == f"{r.levels['encoder']}_patch"
         else:
             assert cfg.data.model_mpp == float(r.levels["model_mpp"])
             assert cfg.model.kwargs["encoder"] in list_encoders()
-            assert phases[-1] == "finetune"
+            assert cfg.model.kwargs["encoder"].endswith(r.levels["encoder"])
+            assert not phases or phases[-1] == "finetune"  # frozen runs end end to end
         assert ("frozen" in phases) == (r.levels["training"] == "frozen")
+        off_base = [a for a, v in r.levels.items() if v != _base(r.family)[a]]
+        if r.family == "PixNet" or set(off_base) - {"patch_um", "encoder"}:
+            assert len(off_base) <= 1, r.setting  # every other axis at its base
         assert cfg.data.stain.method == ("macenko" if stain else "none")
     # in this install at least the Lite0 rows of both families run, on both folds
     ok = [r for r in runs if not r.skipped]
     assert {(r.family, r.fold) for r in ok} == {
         (f, k) for f in ("patch baseline", "PixNet") for k in ("test_A", "test_C")
     }
+
+
+def _base(family):
+    doc = load_study(PRESTIGE)
+    fam = next(f for f in doc["families"] if f["name"] == family)
+    return {a: next(iter(levels)) for a, levels in fam["axes"].items()}
+
+
+def _design_study(tmp_path, cross=None):
+    fam = {"name": "f", "recipe": "tiny.yaml",
+           "axes": {a: {f"{a}{i}": [] for i in range(n)} for a, n in (("x", 3), ("y", 2),
+                                                                    ("z", 2), ("w", 3))}}  # fmt: skip
+    if cross is not None:
+        fam["cross"] = cross
+    (tmp_path / "tiny.yaml").write_text((REPO / "configs" / "tiny_smoke.yaml").read_text())
+    doc = {"folds": [{"name": "a"}, {"name": "b"}], "families": [fam]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return expand_study(load_study(tmp_path / "s.yaml"))
+
+
+def test_cross_crosses_its_axes_and_varies_the_others_one_at_a_time(tmp_path):
+    def settings(runs):
+        got = [tuple(r.levels.values()) for r in runs if r.fold == "a"]
+        assert len(set(got)) == len(got)  # no setting twice
+        assert [tuple(r.levels.values()) for r in runs if r.fold == "b"] == got
+        return set(got)
+
+    base = ("x0", "y0", "z0", "w0")
+    grid = settings(_design_study(tmp_path))
+    assert len(grid) == 3 * 2 * 2 * 3 and base in grid
+    crossed = settings(_design_study(tmp_path, cross=["x", "z"]))
+    # x by z with y and w at base, then y1, w1 and w2 alone
+    want = {(x, "y0", z, "w0") for x in ("x0", "x1", "x2") for z in ("z0", "z1")}
+    want |= {("x0", "y1", "z0", "w0"), ("x0", "y0", "z0", "w1"), ("x0", "y0", "z0", "w2")}
+    assert crossed == want
+    one_at_a_time = settings(_design_study(tmp_path, cross=[]))
+    assert one_at_a_time == {base} | {
+        tuple(v if i == k else base[i] for i in range(4))
+        for k, v in ((0, "x1"), (0, "x2"), (1, "y1"), (2, "z1"), (3, "w1"), (3, "w2"))
+    }
+    with pytest.raises(ConfigError, match="cross must be a list of its axes"):
+        _design_study(tmp_path, cross=["x", "v"])
+
+
+def test_an_unknown_family_key_is_refused(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "folds: [{name: a}]\nfamilies: [{name: f, recipe: r.yaml, crosss: []}]\n"
+    )
+    with pytest.raises(ConfigError, match="unknown key.*crosss"):
+        expand_study(load_study(tmp_path / "s.yaml"))
 
 
 def test_dry_run_trains_nothing(tmp_path):
@@ -62,13 +119,13 @@ def test_dry_run_trains_nothing(tmp_path):
         (REPO / "configs" / "pixnet_her2st.yaml").read_text()
     )
     out = run_study(cfg, dry_run=True)
-    assert len(out["runs"]) == 96 and not (tmp_path / "study").exists()
+    assert len(out["runs"]) == 28 and not (tmp_path / "study").exists()
     # a level naming an encoder this install lacks is skipped, saying so
     doc["families"][1]["axes"]["encoder"]["lite9"] = ["model.kwargs.encoder=no_such_encoder"]
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     runs = run_study(cfg, dry_run=True)["runs"]
     lite9 = [r for r in runs if "encoder=lite9" in r["setting"]]
-    assert len(runs) == 96 + 24 and len(lite9) == 24
+    assert len(runs) == 28 + 2 and len(lite9) == 2  # PixNet varies one axis at a time
     assert all("'no_such_encoder' is not registered" in r["skipped"] for r in lite9)
 
 
@@ -110,6 +167,8 @@ def test_tiny_study_scores_on_validation_and_chooses_from_it(tmp_path):
         run = next(r for r in out["runs"] if r["setting"] == k)
         val = json.loads((Path(run["out_dir"]) / "summary.json").read_text())["val"]
         assert scored[k] == pytest.approx(val["units"]["pcc"])
+        wall = json.loads((Path(run["out_dir"]) / "summary.json").read_text())["wall_s"]
+        assert table[k]["train_s_all"] == round(wall)
         assert val["units"]["n_units"] > 0
     best = max(scored, key=scored.get)
     assert out["chosen"]["tiny"]["setting"] == best

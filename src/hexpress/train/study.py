@@ -15,13 +15,22 @@ table. A config looks like::
       - name: patch
         recipe: effnet_patch_her2st.yaml          # relative to this file
         overrides: [optim.max_steps=150]
-        axes:                                     # every combination of one level per axis
+        axes:                                     # the first level of each is its base
           patch_um:
-            "56": [model.kwargs.patch_um=56]
             "112": [model.kwargs.patch_um=112]
+            "56": [model.kwargs.patch_um=56]
           encoder:
             lite0: [model.name=lite0_patch]
             lite2: {overrides: [model.name=lite2_patch], encoder: tf_efficientnet_lite2}
+          stain:
+            "off": []
+            "on": [data.stain.method=macenko]
+        cross: [patch_um, encoder]                # optional; default: every axis
+
+The axes named in ``cross`` are fully crossed (every combination of one level per axis, the
+others at their base level); each axis not in it is varied alone, one level at a time, with
+every other axis at its base. Without ``cross`` the whole grid is run; ``cross: []`` varies
+one axis at a time around the base setting.
 
 A level is a list of overrides, or a mapping with ``overrides`` and ``encoder`` (an encoder the
 level needs, for models whose name fixes it). A run whose overrides do not make a valid config
@@ -32,8 +41,9 @@ study written for options still to come runs with what exists.
 Only validation metrics are read (``data.val_fraction`` blocks of the training sections, or
 ``data.val`` sections of the training side); a config whose runs have no validation part is
 refused. Test sections are never read by a run. ``out_dir`` then holds ``study.csv`` / ``.md``
-(one row per setting: validation PCC per fold and their mean) and ``chosen.json`` (per family,
-the setting with the best mean validation PCC, and its overrides).
+(one row per setting: validation PCC per fold and their mean, and each run's training seconds)
+and ``chosen.json`` (per family, the setting with the best mean validation PCC, and its
+overrides).
 """
 
 from __future__ import annotations
@@ -77,6 +87,7 @@ class StudyRun:
     out_dir: Path
     skipped: str | None = None
     val: dict[str, Any] = field(default_factory=dict)
+    wall_s: float | None = None
 
     @property
     def setting(self) -> str:
@@ -137,6 +148,31 @@ def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None
     return None
 
 
+def _design(family: str, names: list[str], choices: list[list], cross) -> list[tuple]:
+    """The level combinations of a family: every combination of the axes in ``cross``, each with
+    the other axes at their base (first) level; then each other axis alone at each of its other
+    levels, with every axis else at its base."""
+    if not isinstance(cross, list) or not set(cross) <= set(names):
+        raise ConfigError(
+            f"family {family!r}: cross must be a list of its axes {names}, got {cross!r}."
+        )
+    for a, levels in zip(names, choices, strict=True):
+        if not levels:
+            raise ConfigError(f"family {family!r}, axis {a!r}: no levels.")
+    base = [levels[0] for levels in choices]
+    crossed = [i for i, a in enumerate(names) if a in cross]
+    combos = []
+    for pick in itertools.product(*(choices[i] for i in crossed)):
+        combo = list(base)
+        for i, c in zip(crossed, pick, strict=True):
+            combo[i] = c
+        combos.append(tuple(combo))
+    for i, a in enumerate(names):
+        if a not in cross:
+            combos += [tuple(base[:i] + [c] + base[i + 1 :]) for c in choices[i][1:]]
+    return combos
+
+
 def expand_study(doc: dict) -> list[StudyRun]:
     """Every run of a study config (:func:`load_study`), skipped ones included, in order."""
     base = Path(doc["_dir"])
@@ -146,13 +182,20 @@ def expand_study(doc: dict) -> list[StudyRun]:
         name = fam.get("name")
         if not name or "recipe" not in fam:
             raise ConfigError(f"every family needs a name and a recipe, got {fam!r}.")
+        unknown = sorted(set(fam) - {"name", "recipe", "overrides", "axes", "cross"})
+        if unknown:
+            raise ConfigError(
+                f"family {name!r}: unknown key(s) {unknown}; valid: name, recipe, overrides, "
+                "axes, cross."
+            )
         axes = fam.get("axes") or {}
         if not isinstance(axes, dict):
             raise ConfigError(f"family {name!r}: axes must be a mapping of axis -> levels.")
         names = list(axes)
         choices = [[(lv, *_level(name, a, v)) for lv, v in axes[a].items()] for a in names]
+        combos = _design(name, names, choices, fam.get("cross", names))
         for fold in doc["folds"]:
-            for combo in itertools.product(*choices):
+            for combo in combos:
                 levels = {a: str(c[0]) for a, c in zip(names, combo, strict=True)}
                 ovr = [*doc.get("overrides", []), *fam.get("overrides", []),
                        *fold.get("overrides", [])]  # fmt: skip
@@ -219,17 +262,17 @@ def run_study(path: str | Path, *, dry_run: bool = False) -> dict:
         if r.skipped:
             continue
         summary = r.out_dir / "summary.json"
-        if summary.is_file():
-            r.val = json.loads(summary.read_text()).get("val", {})
-            continue
-        cfg = load_config(r.recipe, r.overrides)
-        state = r.out_dir / "state.json"
-        r.val = train(cfg, resume=state.is_file()).val
+        if not summary.is_file():
+            cfg = load_config(r.recipe, r.overrides)
+            train(cfg, resume=(r.out_dir / "state.json").is_file())
+        done = json.loads(summary.read_text())
+        r.val, r.wall_s = done.get("val", {}), done.get("wall_s")
     folds = [f["name"] for f in doc["folds"]]
     rows = {}
     for r in runs:
         row = rows.setdefault((r.family, r.setting), {"family": r.family, "setting": r.setting})
         row[f"val_pcc_{r.fold}"] = None if r.skipped else _score(r)
+        row[f"train_s_{r.fold}"] = None if r.wall_s is None else round(r.wall_s)
         if r.skipped:
             row["skipped"] = r.skipped
     table = []
@@ -249,7 +292,10 @@ def run_study(path: str | Path, *, dry_run: bool = False) -> dict:
                            "val_pcc_mean": best["val_pcc_mean"]}  # fmt: skip
     out = Path(doc.get("out_dir", "runs/study"))
     out.mkdir(parents=True, exist_ok=True)
+    order = ["family", "setting", *(f"val_pcc_{f}" for f in folds), "val_pcc_mean",
+             *(f"train_s_{f}" for f in folds), "skipped"]  # fmt: skip
     df = pd.DataFrame(table)
+    df = df[[c for c in order if c in df.columns]]
     with atomic_path(out / "study.csv") as tmp:
         df.to_csv(tmp, index=False)
     write_file(out / "study.md", markdown_table(df))
