@@ -19,9 +19,9 @@ PRESTIGE = REPO / "configs" / "study_prestige_her2st.yaml"
 
 def test_prestige_config_expands_to_its_design_and_skips_what_is_missing():
     runs = expand_study(load_study(PRESTIGE))
-    # folds x (patch: size x encoder crossed, + end to end, + stain; PixNet: base + one level
-    # of each axis at a time: 2 resolutions, 1 encoder, frozen, stain)
-    assert len(runs) == 2 * ((3 * 2 + 1 + 1) + (1 + 2 + 1 + 1 + 1))
+    # folds x (patch: size x encoder, size x training, + stain; PixNet: base + one level of
+    # each axis at a time: 2 resolutions, 1 encoder, frozen, stain)
+    assert len(runs) == 2 * ((3 * 2 + 3 + 1) + (1 + 2 + 1 + 1 + 1))
     assert len({(r.fold, r.family, r.setting) for r in runs}) == len(runs)
     assert len({r.out_dir for r in runs}) == len(runs)
     lite2_here = encoder_weights_available("tf_efficientnet_lite2")
@@ -47,7 +47,8 @@ def test_prestige_config_expands_to_its_design_and_skips_what_is_missing():
             assert not phases or phases[-1] == "finetune"  # frozen runs end end to end
         assert ("frozen" in phases) == (r.levels["training"] == "frozen")
         off_base = [a for a, v in r.levels.items() if v != _base(r.family)[a]]
-        if r.family == "PixNet" or set(off_base) - {"patch_um", "encoder"}:
+        crossed = {"patch_um", "encoder"}, {"patch_um", "training"}
+        if r.family == "PixNet" or not any(set(off_base) <= g for g in crossed):
             assert len(off_base) <= 1, r.setting  # every other axis at its base
         assert cfg.data.stain.method == ("macenko" if stain else "none")
     # in this install at least the Lite0 rows of both families run, on both folds
@@ -95,6 +96,11 @@ def test_cross_crosses_its_axes_and_varies_the_others_one_at_a_time(tmp_path):
         tuple(v if i == k else base[i] for i in range(4))
         for k, v in ((0, "x1"), (0, "x2"), (1, "y1"), (2, "z1"), (3, "w1"), (3, "w2"))
     }
+    # two crossed groups: their union, each setting once, then z alone
+    groups = settings(_design_study(tmp_path, cross=[["x", "y"], ["x", "w"]]))
+    want = {(x, y, "z0", "w0") for x in ("x0", "x1", "x2") for y in ("y0", "y1")}
+    want |= {(x, "y0", "z0", w) for x in ("x0", "x1", "x2") for w in ("w0", "w1", "w2")}
+    assert groups == want | {("x0", "y0", "z1", "w0")}
     with pytest.raises(ConfigError, match="cross must be a list of its axes"):
         _design_study(tmp_path, cross=["x", "v"])
 
@@ -119,13 +125,13 @@ def test_dry_run_trains_nothing(tmp_path):
         (REPO / "configs" / "pixnet_her2st.yaml").read_text()
     )
     out = run_study(cfg, dry_run=True)
-    assert len(out["runs"]) == 28 and not (tmp_path / "study").exists()
+    assert len(out["runs"]) == 32 and not (tmp_path / "study").exists()
     # a level naming an encoder this install lacks is skipped, saying so
     doc["families"][1]["axes"]["encoder"]["lite9"] = ["model.kwargs.encoder=no_such_encoder"]
     cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
     runs = run_study(cfg, dry_run=True)["runs"]
     lite9 = [r for r in runs if "encoder=lite9" in r["setting"]]
-    assert len(runs) == 28 + 2 and len(lite9) == 2  # PixNet varies one axis at a time
+    assert len(runs) == 32 + 2 and len(lite9) == 2  # PixNet varies one axis at a time
     assert all("'no_such_encoder' is not registered" in r["skipped"] for r in lite9)
 
 

@@ -29,8 +29,9 @@ table. A config looks like::
 
 The axes named in ``cross`` are fully crossed (every combination of one level per axis, the
 others at their base level); each axis not in it is varied alone, one level at a time, with
-every other axis at its base. Without ``cross`` the whole grid is run; ``cross: []`` varies
-one axis at a time around the base setting.
+every other axis at its base. ``cross`` may also list several groups (``[[a, b], [a, c]]``):
+each group is crossed and the settings are their union. Without ``cross`` the whole grid is
+run; ``cross: []`` varies one axis at a time around the base setting.
 
 A level is a list of overrides, or a mapping with ``overrides`` and ``encoder`` (an encoder the
 level needs, for models whose name fixes it). A run whose overrides do not make a valid config
@@ -149,28 +150,36 @@ def _why_not(recipe: Path, overrides: list[str], needs: list[str]) -> str | None
 
 
 def _design(family: str, names: list[str], choices: list[list], cross) -> list[tuple]:
-    """The level combinations of a family: every combination of the axes in ``cross``, each with
-    the other axes at their base (first) level; then each other axis alone at each of its other
-    levels, with every axis else at its base."""
-    if not isinstance(cross, list) or not set(cross) <= set(names):
-        raise ConfigError(
-            f"family {family!r}: cross must be a list of its axes {names}, got {cross!r}."
-        )
+    """The level combinations of a family. ``cross`` is a group of axes or a list of groups:
+    every combination of each group's axes, with the other axes at their base (first) level;
+    then each axis in no group alone at each of its other levels, every axis else at its base."""
+    groups = cross if cross and all(isinstance(g, list) for g in cross) else [cross]
+    for g in groups:
+        if not isinstance(g, list) or not set(g) <= set(names):
+            raise ConfigError(
+                f"family {family!r}: cross must be a list of its axes {names} (or a list of "
+                f"such lists), got {cross!r}."
+            )
     for a, levels in zip(names, choices, strict=True):
         if not levels:
             raise ConfigError(f"family {family!r}, axis {a!r}: no levels.")
     base = [levels[0] for levels in choices]
-    crossed = [i for i, a in enumerate(names) if a in cross]
     combos = []
-    for pick in itertools.product(*(choices[i] for i in crossed)):
-        combo = list(base)
-        for i, c in zip(crossed, pick, strict=True):
-            combo[i] = c
-        combos.append(tuple(combo))
+    for g in groups:
+        crossed = [i for i, a in enumerate(names) if a in g]
+        for pick in itertools.product(*(choices[i] for i in crossed)):
+            combo = list(base)
+            for i, c in zip(crossed, pick, strict=True):
+                combo[i] = c
+            combos.append(tuple(combo))
+    in_groups = {a for g in groups for a in g}
     for i, a in enumerate(names):
-        if a not in cross:
+        if a not in in_groups:
             combos += [tuple(base[:i] + [c] + base[i + 1 :]) for c in choices[i][1:]]
-    return combos
+    unique = {}
+    for combo in combos:  # a setting two groups share runs once, where it first comes
+        unique.setdefault(tuple(c[0] for c in combo), combo)
+    return list(unique.values())
 
 
 def expand_study(doc: dict) -> list[StudyRun]:
