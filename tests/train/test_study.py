@@ -181,8 +181,17 @@ def test_tiny_study_scores_on_validation_and_chooses_from_it(tmp_path):
     assert json.loads((tmp_path / "study" / "chosen.json").read_text())["tiny"]["setting"] == best
     assert "val_pcc_all" in (tmp_path / "study" / "study.md").read_text()
     # a second call reuses the finished runs
+    assert not any(r["finished"] for r in out["runs"])
     again = run_study(tmp_path / "study.yaml")
     assert again["chosen"] == out["chosen"]
+    assert [r["finished"] for r in again["runs"]] == [not r["skipped"] for r in again["runs"]]
+    from typer.testing import CliRunner
+
+    from hexpress.cli import app
+
+    res = CliRunner().invoke(app, ["study", str(tmp_path / "study.yaml"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "4 run(s): 0 to train, 2 finished before (reused), 2 skipped" in res.output
 
 
 def test_a_study_without_families_is_refused(tmp_path):

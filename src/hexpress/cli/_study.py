@@ -31,10 +31,14 @@ def register(app: typer.Typer) -> None:
             return
         runs = result["runs"]
         n_skip = sum(1 for r in runs if r["skipped"])
+        n_done = sum(1 for r in runs if r["finished"] and not r["skipped"])
         for r in runs:
             state = f"skipped: {r['skipped']}" if r["skipped"] else r["out_dir"]
             typer.echo(f"{r['family']:<16} {r['fold']:<8} {r['setting']:<56} {state}")
-        typer.echo(f"{len(runs)} run(s), {len(runs) - n_skip} to train, {n_skip} skipped")
+        typer.echo(
+            f"{len(runs)} run(s): {len(runs) - n_skip - n_done} to train, {n_done} finished "
+            f"before (reused), {n_skip} skipped"
+        )
         for fam, best in result.get("chosen", {}).items():
             typer.echo(
                 f"chosen for {fam}: {best['setting']} (mean val PCC {best['val_pcc_mean']:.4f})"

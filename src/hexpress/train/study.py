@@ -258,6 +258,7 @@ def run_study(path: str | Path, *, dry_run: bool = False) -> dict:
             "setting": r.setting,
             "out_dir": str(r.out_dir),
             "skipped": r.skipped,
+            "finished": (r.out_dir / "summary.json").is_file(),  # before this call
             "overrides": r.overrides,
         }  # fmt: skip
         for r in runs
