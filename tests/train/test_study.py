@@ -101,8 +101,21 @@ def test_cross_crosses_its_axes_and_varies_the_others_one_at_a_time(tmp_path):
     want = {(x, y, "z0", "w0") for x in ("x0", "x1", "x2") for y in ("y0", "y1")}
     want |= {(x, "y0", "z0", w) for x in ("x0", "x1", "x2") for w in ("w0", "w1", "w2")}
     assert groups == want | {("x0", "y0", "z1", "w0")}
-    with pytest.raises(ConfigError, match="cross must be a list of its axes"):
-        _design_study(tmp_path, cross=["x", "v"])
+    for bad in (["x", "v"], [["x", "y"], "z"], "x", [["x"], [1]]):
+        with pytest.raises(ConfigError, match="cross must be a list of its axes"):
+            _design_study(tmp_path, cross=bad)
+
+
+@pytest.mark.parametrize(
+    "levels, match",
+    [({}, "axis 'x': no levels"), (["a", "b"], "axis 'x': levels must be a mapping")],
+)
+def test_an_axis_without_levels_is_refused(tmp_path, levels, match):
+    doc = {"folds": [{"name": "a"}],
+           "families": [{"name": "f", "recipe": "r.yaml", "axes": {"x": levels}}]}  # fmt: skip
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=match):
+        expand_study(load_study(tmp_path / "s.yaml"))
 
 
 def test_an_unknown_family_key_is_refused(tmp_path):

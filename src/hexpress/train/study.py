@@ -153,9 +153,10 @@ def _design(family: str, names: list[str], choices: list[list], cross) -> list[t
     """The level combinations of a family. ``cross`` is a group of axes or a list of groups:
     every combination of each group's axes, with the other axes at their base (first) level;
     then each axis in no group alone at each of its other levels, every axis else at its base."""
-    groups = cross if cross and all(isinstance(g, list) for g in cross) else [cross]
+    nested = isinstance(cross, list) and any(isinstance(g, list) for g in cross)
+    groups = cross if nested else [cross]
     for g in groups:
-        if not isinstance(g, list) or not set(g) <= set(names):
+        if not isinstance(g, list) or not all(a in names for a in g):
             raise ConfigError(
                 f"family {family!r}: cross must be a list of its axes {names} (or a list of "
                 f"such lists), got {cross!r}."
@@ -201,6 +202,12 @@ def expand_study(doc: dict) -> list[StudyRun]:
         if not isinstance(axes, dict):
             raise ConfigError(f"family {name!r}: axes must be a mapping of axis -> levels.")
         names = list(axes)
+        for a in names:
+            if not isinstance(axes[a], dict):
+                raise ConfigError(
+                    f"family {name!r}, axis {a!r}: levels must be a mapping of level name -> "
+                    f"overrides, got {axes[a]!r}."
+                )
         choices = [[(lv, *_level(name, a, v)) for lv, v in axes[a].items()] for a in names]
         combos = _design(name, names, choices, fam.get("cross", names))
         for fold in doc["folds"]:
