@@ -122,6 +122,27 @@ def test_bench_end_to_end_and_resume(slides, tmp_path):
     changed["methods"][0]["config"]["optim"]["max_steps"] = 5
     with pytest.raises(ConfigError, match=r"PixNet_tiny was trained with other settings: optim"):
         run_bench(load_bench_config(changed))
+    with pytest.raises(ConfigError, match=r"--redo 'PixNet tiny'"):
+        run_bench(load_bench_config(changed))
+    # --redo trains that method again with its new settings and reuses the others
+    mean_summary = out / "runs" / "all" / "Training_mean" / "summary.json"
+    mean_before = json.loads(mean_summary.read_text())
+    with pytest.raises(ConfigError, match=r"no method named 'PixNet'.*'PixNet tiny'"):
+        run_bench(load_bench_config(changed), redo=["PixNet"])
+    steps = []
+    run_bench(load_bench_config(changed), redo=["pixnet  TINY"], on_step=steps.append)
+    assert any("removing" in s and "PixNet_tiny" in s for s in steps)
+    redone = json.loads((out / "runs" / "all" / "PixNet_tiny" / "summary.json").read_text())
+    assert redone["steps"] == 5 and before["steps"] == 3
+    assert json.loads(mean_summary.read_text()) == mean_before
+    # also on a finished benchmark: the tables are rewritten, not refused
+    assert (out / "results.csv").is_file()
+    (out / "results.md").write_text("stale")
+    steps = []
+    run_bench(load_bench_config(changed), redo=["Training mean"], on_step=steps.append)
+    assert "| PixNet tiny |" in (out / "results.md").read_text()
+    assert any("removing" in s and "Training_mean" in s for s in steps)
+    assert not any("removing" in s and "PixNet_tiny" in s for s in steps)
 
 
 def test_bench_two_folds_writes_fold_reports(slides, tmp_path):

@@ -42,11 +42,18 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Delete the output folder first and redo everything."
         ),
+        redo: list[str] = typer.Option(
+            None,
+            "--redo",
+            help="Train and predict this method again on every fold, reusing the others, and "
+            "rewrite the tables (repeat for several; e.g. after changing its recipe).",
+            show_default=False,
+        ),
     ) -> None:
         """Train, predict and evaluate every method on every fold, and write the report.
 
         Rerunning after an interruption reuses finished training runs and predictions and
-        resumes a killed training run.
+        resumes a killed training run; --redo NAME retrains one method and keeps the rest.
         """
         from hexpress.eval.bench import load_bench_config, run_bench
 
@@ -60,5 +67,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", err=True)
             sys.stderr.flush()
 
-        result = run_bench(cfg, overwrite=overwrite, on_step=step)
+        result = run_bench(cfg, overwrite=overwrite, redo=redo or (), on_step=step)
         print_result(result, t0)

@@ -28,7 +28,9 @@ training sections only, the same normalisation and seed), so the rows of a table
 not data. Training runs live in ``out_dir/runs/<fold>/<method>/`` and predictions in
 ``out_dir/predictions/<fold>/<method>/<section>/``; a run or prediction that finished is reused
 and a killed training run resumes, so rerunning the same command after an interruption redoes
-only what is missing. ``out_dir`` then holds:
+only what is missing. After changing one method's recipe, ``hexpress bench CONFIG --redo NAME``
+trains and predicts that method again on every fold and rewrites the tables, reusing the other
+methods' runs. ``out_dir`` then holds:
 
 ==========================  =============================================================
 ``bench.yaml``              the resolved benchmark config
@@ -317,7 +319,7 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _train_or_reuse(cfg) -> tuple[Path, float, bool]:
+def _train_or_reuse(cfg, method: str = "") -> tuple[Path, float, bool]:
     """``(checkpoint, train seconds, reused)``: a finished run folder is reused, a killed one
     resumed, an empty one trained."""
     from hexpress._config import read_yaml
@@ -332,15 +334,47 @@ def _train_or_reuse(cfg) -> tuple[Path, float, bool]:
         if diff:
             raise ConfigError(
                 f"the finished run {run} was trained with other settings: {', '.join(diff[:8])}."
-                " Remove that folder to train it again with these settings, or choose another "
-                "out_dir."
-            )
+                + (f" Pass --redo {method!r} to train that method again with these settings"
+                   if method else " Remove that folder to train it again with these settings")
+                + ", or choose another out_dir."
+            )  # fmt: skip
         wall = json.loads(summary.read_text()).get("wall_s")
         log.info("reusing the finished run %s", run)
         return final, float(wall) if wall is not None else math.nan, True
     resume = (run / "state.json").is_file()
     result = train(cfg, resume=resume)
     return Path(result.checkpoint), float(result.wall_s), False
+
+
+def _redo_methods(config: BenchConfig, names: Sequence[str]) -> list[str]:
+    """The benchmark's method names that ``names`` ask to redo (case and spacing ignored)."""
+    by_key = {_slug(m.name).lower(): m.name for m in config.methods}
+    out, unknown = [], []
+    for name in names:
+        hit = by_key.get(_slug(name).lower())
+        if hit is None:
+            unknown.append(name)
+        elif hit not in out:
+            out.append(hit)
+    if unknown:
+        raise ConfigError(
+            f"--redo: no method named {', '.join(map(repr, unknown))} in this benchmark; its "
+            f"methods are {', '.join(repr(m.name) for m in config.methods)}."
+        )
+    return out
+
+
+def _remove_methods(out: Path, config: BenchConfig, names: Sequence[str], say) -> None:
+    """Remove the runs and predictions of ``names`` on every fold, and the tables they fed."""
+    for fold in config.folds:
+        for name in names:
+            for part in ("runs", "predictions"):
+                where = out / part / _slug(fold.name) / _slug(name)
+                if where.exists():
+                    say(f"[{fold.name}] {name}: removing {where} to redo it")
+                    shutil.rmtree(where)
+    for table in ("results.csv", "results.md", "cross_scale.csv", "cross_scale.md"):
+        (out / table).unlink(missing_ok=True)
 
 
 def _subsample(n: int, max_units: int, seed: int) -> np.ndarray | None:
@@ -476,6 +510,7 @@ def run_bench(
     config: BenchConfig,
     *,
     overwrite: bool = False,
+    redo: Sequence[str] = (),
     on_step: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Train, predict and evaluate every method on every fold; write the tables and reports.
@@ -484,6 +519,10 @@ def run_bench(
         config: the benchmark (:func:`load_bench_config`).
         overwrite: start from nothing (delete ``out_dir``); by default finished training runs
             and predictions in ``out_dir`` are reused, so a killed benchmark continues.
+        redo: names of methods to train and predict again on every fold (their run and
+            prediction folders are removed first); the others are reused where finished and
+            the tables are rewritten, also in a finished benchmark. The old tables are removed
+            first, so an interrupted redo continues with a plain rerun.
         on_step: called with a one-line description before each step (a progress display).
 
     Raises:
@@ -500,12 +539,15 @@ def run_bench(
 
     say = on_step or (lambda msg: log.info("%s", msg))
     out = Path(config.out_dir)
+    redo_methods = _redo_methods(config, redo)
     if overwrite and out.exists():
         shutil.rmtree(out)
+    if redo_methods:
+        _remove_methods(out, config, redo_methods, say)
     if (out / "results.csv").is_file():
         raise OutputExistsError(
-            f"{out} already holds a finished benchmark (results.csv); pass --overwrite to redo "
-            "it or choose another out_dir."
+            f"{out} already holds a finished benchmark (results.csv); pass --redo NAME to redo "
+            "one method, --overwrite to redo all of it, or choose another out_dir."
         )
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / "bench.yaml", yaml.safe_dump(json_safe(asdict(config)), sort_keys=False))
@@ -535,7 +577,7 @@ def run_bench(
                     "or a split with a test part); a benchmark evaluates held-out sections."
                 )
             say(f"[{fold.name}] {method.name}: training ({cfg.model.name})")
-            ckpt, train_s, reused = _train_or_reuse(cfg)
+            ckpt, train_s, reused = _train_or_reuse(cfg, method.name)
             info = load_model_info(ckpt)
             tests = samples.test_samples(data_cfg)
             sections, preds_shown, predict_s, dense_maps = [], {}, 0.0, {}
