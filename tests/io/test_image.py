@@ -46,6 +46,26 @@ def test_outside_the_image_reads_as_white_glass(noise):
     np.testing.assert_array_equal(out[10:, 20:], noise[:10, :20])
 
 
+def test_a_read_mostly_outside_the_image_resamples_only_the_image(noise, monkeypatch):
+    # a dense map's tile at a coarse mpp: its margins reach far past a small slide
+    img = ArrayImage(noise, mpp=0.5)
+    built = []
+    real = img._read_padded
+    monkeypatch.setattr(img, "_read_padded", lambda *a: built.append(a[1:]) or real(*a))
+    big = img.read_region(-500, -500, 1225, 1175, mpp=4.0, units="target")
+    assert big.shape == (1175, 1225, 3)
+    # the source arrays built stay near the image's size, not the region's (9,800 x 9,400 px)
+    assert built and max((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in built) < 1.2 * 900 * 700
+    # the same pixels as resampling the whole padded region (the one-pass reference), to
+    # Pillow's fixed-point grey level; far from the image, exactly the white of glass
+    ref = img._resample(0, -4000, -4000, 9800, 9400, 1225, 1175, pad=10)
+    diff = np.abs(big.astype(int) - ref)
+    assert diff.max() <= 1 and diff.mean() < 0.01
+    assert (big[:480] == 255).all() and (big[:, 740:] == 255).all()
+    inside = img.read_region(0, 0, 225, 175, mpp=4.0, units="target")
+    assert np.abs(big[500:675, 500:725].astype(int) - inside).max() <= 1
+
+
 def test_tiff_is_read_lazily(tmp_path, noise, monkeypatch):
     path = write_tiff(tmp_path / "slide.tif", noise, mpp=0.25, tile=64, min_level_side=10_000)
     img = open_image(path)

@@ -156,6 +156,26 @@ class SlideImage(ABC):
         if lw == out_w and lh == out_h and lx == int(lx) and ly == int(ly):
             return self._read_padded(level, int(lx), int(ly), int(lx) + out_w, int(ly) + out_h)
         pad = int(math.ceil(max(lw / out_w, lh / out_h))) + 2  # the resampling filter's reach
+        # Only output pixels whose source (with the filter's reach) touches the image are
+        # resampled; the rest is background, which resampling maps to itself exactly. A read
+        # mostly outside the image (a tile's margin at a coarse mpp) then never builds the
+        # whole padded region at the source resolution.
+        sx, sy = lw / out_w, lh / out_h
+        h, w = self.level_shape(level)
+        j0, j1 = _touching(lx, sx, pad, w, out_w)
+        i0, i1 = _touching(ly, sy, pad, h, out_h)
+        if (i0, j0, i1, j1) == (0, 0, out_h, out_w):
+            return self._resample(level, lx, ly, lw, lh, out_w, out_h, pad)
+        out = np.full((out_h, out_w, 3), _BACKGROUND, dtype=np.uint8)
+        if j1 > j0 and i1 > i0:
+            out[i0:i1, j0:j1] = self._resample(
+                level, lx + j0 * sx, ly + i0 * sy, (j1 - j0) * sx, (i1 - i0) * sy,
+                j1 - j0, i1 - i0, pad,
+            )  # fmt: skip
+        return out
+
+    def _resample(self, level, lx, ly, lw, lh, out_w, out_h, pad) -> np.ndarray:
+        """The box ``(lx, ly, lw, lh)`` of ``level`` resampled to ``(out_h, out_w)``."""
         ix0, iy0 = math.floor(lx) - pad, math.floor(ly) - pad
         ix1, iy1 = math.ceil(lx + lw) + pad, math.ceil(ly + lh) + pad
         src = self._read_padded(level, ix0, iy0, ix1, iy1)
@@ -203,6 +223,15 @@ class SlideImage(ABC):
 
 
 _READ_UNITS = ("level0", "target")
+
+
+def _touching(start: float, step: float, reach: int, size: int, n: int) -> tuple[int, int]:
+    """``[k0, k1)``: the output pixels ``k`` (source span ``start + k * step`` to ``start +
+    (k + 1) * step``, widened by ``reach``) that overlap ``[0, size)`` of the source, kept on
+    the generous side."""
+    k0 = math.floor((-reach - start) / step) - 1
+    k1 = math.ceil((size + reach - start) / step) + 1
+    return min(max(k0, 0), n), min(max(k1, 0), n)
 
 
 def _to_rgb(a: np.ndarray, source: object) -> np.ndarray:
