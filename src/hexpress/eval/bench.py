@@ -261,6 +261,11 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name.strip()).strip("_") or "x"
 
 
+def _method_dir(out: Path, part: str, fold: str, method: str) -> Path:
+    """Where a method's ``part`` (``runs`` or ``predictions``) of one fold lives in ``out``."""
+    return out / part / _slug(fold) / _slug(method)
+
+
 def load_bench_config(path: str | Path | dict, overrides: Sequence[str] = ()) -> BenchConfig:
     """Read a benchmark config (a YAML file or a dict) and apply ``key.sub=value`` overrides.
 
@@ -369,7 +374,7 @@ def _remove_methods(out: Path, config: BenchConfig, names: Sequence[str], say) -
     for fold in config.folds:
         for name in names:
             for part in ("runs", "predictions"):
-                where = out / part / _slug(fold.name) / _slug(name)
+                where = _method_dir(out, part, fold.name, name)
                 if where.exists():
                     say(f"[{fold.name}] {name}: removing {where} to redo it")
                     shutil.rmtree(where)
@@ -568,7 +573,7 @@ def run_bench(
         results, truths, images, fold_cfg, scored, scale_truths = [], {}, {}, {}, {}, {}
         test_genes = None
         for method in config.methods:
-            run_dir = out / "runs" / _slug(fold.name) / _slug(method.name)
+            run_dir = _method_dir(out, "runs", fold.name, method.name)
             cfg = method_train_config(config, method, fold, run_dir)
             data_cfg = resolve_split(cfg.data)
             if not data_cfg.test:
@@ -583,7 +588,7 @@ def run_bench(
             sections, preds_shown, predict_s, dense_maps = [], {}, 0.0, {}
             for sid, sample in tests.items():
                 say(f"[{fold.name}] {method.name}: predicting {sid}")
-                pdir = out / "predictions" / _slug(fold.name) / _slug(method.name) / _slug(sid)
+                pdir = _method_dir(out, "predictions", fold.name, method.name) / _slug(sid)
                 preds, secs = _predict(info, sample, [_units(sample, "spots", 0, 0)], pdir, config)
                 predict_s += secs
                 pred = preds["spots"]
@@ -709,7 +714,7 @@ def _cross_scale(config, fold, method, info, scale_samples, out, say):
             _units(s, n, config.cross_scale.max_units, config.seed + k)
             for k, (n, s) in enumerate(members)
         ]
-        pdir = out / "predictions" / _slug(fold.name) / _slug(method.name) / f"cross_scale_{i}"
+        pdir = _method_dir(out, "predictions", fold.name, method.name) / f"cross_scale_{i}"
         p, t = _predict(info, members[0][1], units, pdir, config)
         secs += t
         for n, s in members:
