@@ -10,8 +10,9 @@ synthetic slide of ``bench_infer_memory.py``; not timed), then times, in one pro
 2. ``map``: the tiled dense map into an on-disk zarr store (:func:`hexpress.infer.predict_slide`),
    split into waiting for tiles (JPEG reading and decoding, in a background thread), the net,
    and waiting for the writes (also in a background thread). ``--runtime onnx`` runs the net
-   in ONNX Runtime instead of PyTorch (the ``onnx`` extra); the model's one export for the
-   tile grid is then part of ``map`` (before the first tile, outside ``net``).
+   in ONNX Runtime instead of PyTorch (the ``onnx`` extra), ``--runtime openvino`` in OpenVINO
+   (the ``openvino`` extra); the model's one export for the tile grid is then part of ``map``
+   (before the first tile, outside ``net``).
 3. ``aggregate_16um``, ``aggregate_8um``, ``aggregate_2um``: every bin of the region aggregated
    from the map into an AnnData with all 250 genes. The 2 µm bins (10.6 M of them, 10.6 GB as
    one float32 matrix) go in blocks of ``--block-bins`` bins, one AnnData per block, so memory
@@ -34,7 +35,7 @@ region at that margin with the same cores at the exact margin: the largest absol
 of any map value, and that over the exact map's standard deviation.
 
 Usage: ``python benchmarks/bench_infer_speed.py [--region-um 6500] [--margin exact|effective|PX]
-[--runtime torch|onnx] [--patch-all] [--threads 2]``. ``--region-um 300`` runs in about a minute. Prints one JSON
+[--runtime torch|onnx|openvino] [--patch-all] [--threads 2]``. ``--region-um 300`` runs in about a minute. Prints one JSON
 object on stdout; each part is also printed to stderr as soon as it is done.
 """
 
@@ -196,7 +197,7 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     out = {
         "model": f"{args.model} ({N_GENES} genes, stride {info.stride}, untrained decoder)",
         "runtime": args.runtime,
-        **({"onnx_exporter": args.exporter} if args.runtime == "onnx" else {}),
+        **({"onnx_exporter": args.exporter} if args.runtime != "torch" else {}),
         "region_um": args.region_um,
         "input_px": side,
         "margin": str(args.margin),

@@ -1,4 +1,4 @@
-"""One dense tile through PyTorch (as ``predict_tiles`` runs it) and through ONNX Runtime on the CPU.
+"""One dense tile through PyTorch (as ``predict_tiles`` runs it), ONNX Runtime and OpenVINO on the CPU.
 
 For each tile side (``--tile-px``, default 1024 and 2048) the script builds PixNet-Lite0 (250
 genes, untrained decoder: speed does not depend on the weights), lays out the tile grid's margin
@@ -14,7 +14,11 @@ for it), and times on the same input tile:
   provider at each graph optimisation level of ``--levels`` (``extended``: fusions, NCHW;
   ``all``: also the blocked NCHWc layout, ONNX Runtime's layout optimisation for CPU
   convolutions; its CPU provider has no float NHWC option). The timed call includes making the
-  channels-last tile a contiguous NCHW array, as the runtime takes it. PixNet's DFFN blocks run
+  channels-last tile a contiguous NCHW array, as the runtime takes it;
+* ``openvino``: the same graph compiled by OpenVINO for the CPU in float32, exactly as
+  ``hexpress predict --runtime openvino`` runs it (:class:`hexpress.infer.onnx_export.OnnxTileNet`;
+  skipped, saying so, where the ``openvino`` package is missing or with ``--no-openvino``).
+  PixNet's DFFN blocks run
   in strips of rows without autograd on the CPU (:class:`hexpress.models.pixnet.DFFN`) and are
   exported so (strips joined by ``ScatterND``); ``--whole-dffn`` exports them as one pass each.
 
@@ -26,7 +30,7 @@ The machine's own rate (a 2048 x 2048 float32 ``torch.matmul``, the helper of
 (counted on the meta device) over its seconds.
 
 Usage: ``python benchmarks/bench_onnx.py [--tile-px 1024 2048] [--threads 2] [--repeats 5]
-[--levels extended,all] [--exporter dynamo|torchscript] [--whole-dffn]``. ``--model test_pixnet --tile-px 128``
+[--levels extended,all] [--no-openvino] [--exporter dynamo|torchscript] [--whole-dffn]``. ``--model test_pixnet --tile-px 128``
 runs in seconds. Prints one JSON object on stdout (progress on stderr).
 """
 
@@ -47,7 +51,13 @@ import torch
 from hexpress._device import prepare_model
 from hexpress.infer import make_tile_grid
 from hexpress.infer.engine import core_region, dense_forward
-from hexpress.infer.onnx_export import EXPORTERS, GRAPH_LEVELS, export_onnx, ort_session
+from hexpress.infer.onnx_export import (
+    EXPORTERS,
+    GRAPH_LEVELS,
+    export_onnx,
+    openvino_model,
+    ort_session,
+)
 from hexpress.models import create_model
 from hexpress.models.fuse import fold_batchnorms
 from hexpress.models.pixnet import DFFN
@@ -140,6 +150,25 @@ def bench_tile(args, model, tile_px: int, speed) -> dict:
         out[f"ort_{level}"] = res
         print(json.dumps({"tile_px": tile_px, level: res}), file=sys.stderr, flush=True)
         del sess
+    if args.openvino:
+        t0 = time.perf_counter()
+        request = openvino_model(graph, threads=args.threads).create_infer_request()
+        t_sess = time.perf_counter() - t0
+
+        def run_ov():
+            return request.infer({0: np.ascontiguousarray(x.numpy())}, share_outputs=False)[0]
+
+        t_ov, y = _median_seconds(run_ov, args.repeats)
+        dev = float(np.abs(y - ref).max())
+        out["openvino"] = {
+            "seconds_per_tile": round(t_ov, 4),
+            "gflop_per_s": round(flop / t_ov / 1e9, 2),
+            "speedup_over_torch": round(t_torch / t_ov, 3),
+            "seconds_compile": round(t_sess, 2),
+            "max_abs_dev": dev,
+            "max_abs_dev_over_std": dev / std if std > 0 else None,
+        }
+        print(json.dumps({"tile_px": tile_px, "openvino": out["openvino"]}), file=sys.stderr)
     return out
 
 
@@ -150,6 +179,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--levels", default="extended,all", help=f"comma list of {GRAPH_LEVELS}")
     p.add_argument("--exporter", default="dynamo", choices=EXPORTERS)
+    p.add_argument("--no-openvino", dest="openvino", action="store_false", help="skip OpenVINO")
     p.add_argument(
         "--whole-dffn", action="store_true",
         help="export the DFFN blocks as one pass each (default: in strips of rows, as torch runs)",
@@ -165,6 +195,14 @@ def main() -> None:
     speed = bench_infer_speed
     import onnxruntime
 
+    try:
+        import openvino
+    except ImportError:
+        openvino = None
+    if args.openvino and openvino is None:
+        print("openvino is not installed: its column is skipped", file=sys.stderr)
+        args.openvino = False
+
     model = create_model(args.model, n_genes=args.n_genes).eval()
     out: dict = {
         "benchmark": "onnx_runtime_tile",
@@ -175,12 +213,14 @@ def main() -> None:
         "ort_dffn": "whole" if args.whole_dffn else "strips",
         "torch_version": torch.__version__,
         "onnxruntime_version": onnxruntime.__version__,
+        "openvino_version": openvino.__version__ if args.openvino else None,
         "receptive_field_px": int(model.receptive_field_px),
         "matmul_gflop_per_s": round(speed.matmul_gflops(), 2),
     }
     out["tiles"] = [bench_tile(args, model, t, speed) for t in args.tile_px]
     for tile in out["tiles"]:
-        for key in ("torch", *(f"ort_{lv}" for lv in args.levels)):
+        keys = ("torch", *(f"ort_{lv}" for lv in args.levels), *(("openvino",) * args.openvino))
+        for key in keys:
             tile[key]["over_matmul"] = round(
                 tile[key]["gflop_per_s"] / out["matmul_gflop_per_s"], 4
             )

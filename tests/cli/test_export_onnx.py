@@ -78,22 +78,25 @@ def test_predict_refuses_unknown_runtime(workdir, capsys, tmp_path):
         ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
          "--out", tmp_path / "o", "--bins", "16", "--runtime", "tflite"], capsys,
     )  # fmt: skip
-    assert code == 1 and "runtime must be one of ('torch', 'onnx')" in err
+    assert code == 1 and "runtime must be one of ('torch', 'onnx', 'openvino')" in err
     assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
-def test_predict_runtime_onnx_gives_the_torch_bins(workdir, capsys, tmp_path, caplog):
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_predict_graph_runtime_gives_the_torch_bins(workdir, capsys, tmp_path, caplog, runtime):
     """The whole command with the default (dynamo) exporter, against --runtime torch."""
     import anndata as ad
 
+    if runtime == "openvino":
+        pytest.importorskip("openvino", reason="needs the openvino extra of hexpress")
     caplog.set_level("INFO")  # as the command line logs
 
     args = ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
             "--bins", "16", "--tile-px", "384", "--no-tissue-detection"]  # fmt: skip
     assert run([*args, "--out", tmp_path / "t"], capsys)[0] == 0
     caplog.clear()
-    code, text, err = run([*args, "--out", tmp_path / "o", "--runtime", "onnx"], capsys)
+    code, text, err = run([*args, "--out", tmp_path / "o", "--runtime", runtime], capsys)
     assert code == 0, err
     exported = [r.getMessage() for r in caplog.records if "exported to ONNX" in r.getMessage()]
     assert len(exported) == 1 and "dynamo exporter" in exported[0]

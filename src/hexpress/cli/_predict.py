@@ -90,8 +90,9 @@ def predict(
     runtime: str = typer.Option(
         "torch",
         "--runtime",
-        help="What runs a dense model: torch, or onnx (ONNX Runtime on the CPU, the model "
-        "exported once per slide; needs the onnx extra of hexpress).",
+        help="What runs a dense model: torch; onnx (ONNX Runtime on the CPU, the model "
+        "exported once per slide; needs the onnx extra of hexpress); openvino (that graph in "
+        "OpenVINO on the CPU; the openvino extra).",
     ),
     no_tissue: bool = typer.Option(
         False, "--no-tissue-detection", help="Predict the whole slide, glass included."

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
 
-RUNTIMES = ("torch", "onnx")
+RUNTIMES = ("torch", "onnx", "openvino")
 """What runs the model on each tile: PyTorch, or ONNX Runtime on the CPU (the ``onnx`` extra)."""
 
 
@@ -214,11 +214,11 @@ def runtime_device(
 ) -> torch.device:
     """The device of a run with ``runtime``, its packages checked before any work.
 
-    ``"onnx"`` runs on the CPU: ``"auto"`` (or ``None``) means the CPU there.
+    ``"onnx"`` and ``"openvino"`` run on the CPU: ``"auto"`` (or ``None``) means the CPU there.
 
     Raises:
-        ConfigError: an unknown runtime, ONNX Runtime asked for on another device, or the
-            onnx packages missing.
+        ConfigError: an unknown runtime, ONNX Runtime or OpenVINO asked for on another device,
+            or the packages of the runtime's extra missing.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime must be one of {RUNTIMES}, got {runtime!r}.")
@@ -227,12 +227,12 @@ def runtime_device(
     dev = torch.device("cpu") if device is None or str(device) == "auto" else resolve_device(device)
     if dev.type != "cpu":
         raise ConfigError(
-            f"runtime 'onnx' runs on the CPU only, not on {dev}: use --device cpu, or "
+            f"runtime {runtime!r} runs on the CPU only, not on {dev}: use --device cpu, or "
             "--runtime torch to run on this device."
         )
     from hexpress.infer.onnx_export import require_onnx
 
-    require_onnx(exporter)
+    require_onnx(exporter, runtime=runtime)
     return dev
 
 
@@ -251,25 +251,27 @@ def tile_net(
     (:func:`hexpress._device.prepare_model`). ``"onnx"``: that model exported once for the
     grid's tile side and core region (``exporter``, see
     :func:`hexpress.infer.onnx_export.export_onnx`) and run by ONNX Runtime on the CPU with
-    torch's thread count (:class:`hexpress.infer.onnx_export.OnnxTileNet`).
+    torch's thread count (:class:`hexpress.infer.onnx_export.OnnxTileNet`); ``"openvino"``:
+    the same graph compiled by OpenVINO for the CPU, in float32, with that thread count.
     """
     dev = runtime_device(runtime, device, exporter=exporter)
     if runtime == "torch":
         return prepare_model(fold_batchnorms(info.model), dev)
-    from hexpress.infer.onnx_export import OnnxTileNet
+    from hexpress.infer.onnx_export import GRAPH_RUNTIMES, OnnxTileNet
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     net = OnnxTileNet(
         info.model, grid.tile_px, region=core_region(info.model, grid), threads=threads,
-        exporter=exporter,
+        exporter=exporter, runtime=runtime,
     )  # fmt: skip
     log.info(
-        "model exported to ONNX (%s exporter) for tiles of %d px in %.1f s; ONNX Runtime runs "
-        "it on %d CPU thread(s)",
+        "model exported to ONNX (%s exporter) for tiles of %d px in %.1f s; %s runs it on %d "
+        "CPU thread(s)",
         exporter,
         grid.tile_px,
         time.perf_counter() - t0,
+        GRAPH_RUNTIMES[runtime][1],
         threads,
     )
     return net
@@ -301,8 +303,9 @@ def predict_tiles(
     channels-last tensors, under
     autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
     accept a ``region`` (PixNet) compute their decoder on the core only. With
-    ``runtime="onnx"`` the model is exported once for the grid and ONNX Runtime runs it on the
-    CPU instead (:func:`tile_net`); tiles go through it the same way.
+    ``runtime="onnx"`` (or ``"openvino"``) the model is exported once for the grid and ONNX
+    Runtime (or OpenVINO) runs it on the CPU instead (:func:`tile_net`); tiles go through it the
+    same way.
 
     ``timings``, when given, gets seconds added under ``"wait_read"`` (waiting for tiles),
     ``"net"`` (the model, outputs back on the host) and ``"wait_write"`` (waiting for the
@@ -452,11 +455,12 @@ def predict_slide(
         progress: show a progress bar over tiles.
         resume: continue an unfinished map of the same slide, checkpoint and tile grid.
         timings: gets the seconds of each stage (see :func:`predict_tiles`).
-        runtime: ``"torch"``, or ``"onnx"``: ONNX Runtime on the CPU (``device`` ``"auto"`` or
+        runtime: ``"torch"``; ``"onnx"``: ONNX Runtime on the CPU (``device`` ``"auto"`` or
             ``"cpu"``), the model exported once for the run's tile grid (:func:`tile_net`;
-            needs the ``onnx`` extra).
-        exporter: torch's ONNX exporter for ``runtime="onnx"``, ``"dynamo"`` or
-            ``"torchscript"``.
+            needs the ``onnx`` extra); ``"openvino"``: that graph run by OpenVINO on the CPU
+            (the ``openvino`` extra).
+        exporter: torch's ONNX exporter for ``runtime="onnx"`` or ``"openvino"``,
+            ``"dynamo"`` or ``"torchscript"``.
 
     Returns:
         the complete :class:`DenseMap`, opened read-only.

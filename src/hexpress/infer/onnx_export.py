@@ -1,4 +1,4 @@
-"""A dense model as an ONNX graph for one tile shape, run by ONNX Runtime on the CPU (optional).
+"""A dense model as an ONNX graph for one tile shape, run on the CPU by ONNX Runtime or OpenVINO.
 
 The graph is what :func:`hexpress.infer.engine.predict_tiles` runs for one tile: the model with
 its batch norms folded (:func:`hexpress.models.fuse.fold_batchnorms`), input ``(1, 3, T, T)``
@@ -6,12 +6,13 @@ float32 RGB in [0, 1], and for models that accept a ``region`` (PixNet) only the
 cells as output. The tile side and the region are fixed in the graph (PixNet's decoder slices
 depend on them), so a graph serves one tile grid.
 
-:class:`OnnxTileNet` is such a graph in an ONNX Runtime session, called as the model is: what
-``hexpress predict --runtime onnx`` runs on each tile (:func:`hexpress.infer.engine.tile_net`);
-``hexpress export-onnx`` writes the graph to a file.
+:class:`OnnxTileNet` is such a graph in an ONNX Runtime session or compiled by OpenVINO for the
+CPU, called as the model is: what ``hexpress predict --runtime onnx`` (or ``--runtime
+openvino``) runs on each tile (:func:`hexpress.infer.engine.tile_net`); ``hexpress export-onnx``
+writes the graph to a file.
 
-Needs the ``onnx`` extra: ``pip install 'hexpress[onnx]'`` (onnx and onnxscript for torch's
-exporter, onnxruntime to run the graph).
+Needs the ``onnx`` extra, ``pip install 'hexpress[onnx]'`` (onnx and onnxscript for torch's
+exporter, onnxruntime to run the graph), or the ``openvino`` extra for OpenVINO.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ __all__ = [
     "OnnxTileNet",
     "export_onnx",
     "ort_session",
+    "openvino_model",
     "require_onnx",
+    "GRAPH_RUNTIMES",
     "EXPORTERS",
     "GRAPH_LEVELS",
 ]
@@ -46,16 +49,19 @@ __all__ = [
 EXPORTERS = ("dynamo", "torchscript")
 """torch's exporters: ``torch.export``-based (torch's default) and the older tracing one."""
 
+GRAPH_RUNTIMES = {"onnx": ("onnxruntime", "ONNX Runtime"), "openvino": ("openvino", "OpenVINO")}
+"""What runs an exported graph on the CPU: runtime name -> (its package, the hexpress extra too)."""
+
 GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
 """ONNX Runtime graph optimisation levels, by the names of ``GraphOptimizationLevel``."""
 
 
-def _require(module: str, what: str) -> Any:
+def _require(module: str, what: str, extra: str = "onnx") -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as e:
         raise ConfigError(
-            f"{what} needs the package {module}: pip install 'hexpress[onnx]'."
+            f"{what} needs the package {module}: pip install 'hexpress[{extra}]'."
         ) from e
 
 
@@ -79,19 +85,26 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def require_onnx(exporter: str = "dynamo", *, run: bool = True) -> None:
+def require_onnx(exporter: str = "dynamo", *, run: bool = True, runtime: str = "onnx") -> None:
     """Refuse, before any work, a missing package that exporting (and running, ``run``) needs.
 
+    ``runtime`` is what runs the graph (:data:`GRAPH_RUNTIMES`): ``"onnx"`` (ONNX Runtime) or
+    ``"openvino"``; each has a hexpress extra of its name that installs it with the exporter.
+
     Raises:
-        ConfigError: an unknown exporter, or onnx / onnxscript / onnxruntime missing.
+        ConfigError: an unknown exporter or runtime, or onnx / onnxscript / the runtime's
+            package missing.
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}.")
-    _require("onnx", "ONNX export")
+    if runtime not in GRAPH_RUNTIMES:
+        raise ConfigError(f"graph runtime must be one of {tuple(GRAPH_RUNTIMES)}, got {runtime!r}.")
+    _require("onnx", "ONNX export", runtime)
     if exporter == "dynamo":
-        _require("onnxscript", "ONNX export")
+        _require("onnxscript", "ONNX export", runtime)
     if run:
-        _require("onnxruntime", "ONNX Runtime inference")
+        module, name = GRAPH_RUNTIMES[runtime]
+        _require(module, f"{name} inference", runtime)
 
 
 class FixedRegion(nn.Module):
@@ -195,8 +208,25 @@ def ort_session(
     return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def openvino_model(graph: bytes | str | os.PathLike, *, threads: int | None = None):
+    """A graph (ONNX bytes or a file) compiled by OpenVINO for the CPU, in float32.
+
+    OpenVINO's CPU plugin would otherwise run in bfloat16 on CPUs that have it (its default
+    inference precision there); the map must not depend on which CPU made it, so the precision
+    is float32 everywhere. ``threads`` sets its inference threads (``None``: OpenVINO's default),
+    in one stream with the latency hint: one tile at a time, all threads on it.
+    """
+    ov = _require("openvino", "OpenVINO inference", "openvino")
+    core = ov.Core()
+    src = core.read_model(graph if isinstance(graph, bytes) else os.fspath(graph))
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return core.compile_model(src, "CPU", config)
+
+
 class OnnxTileNet:
-    """A dense model exported for one tile side and core, run by ONNX Runtime on the CPU.
+    """A dense model exported for one tile side and core, run on the CPU by ONNX Runtime or OpenVINO.
 
     Called as the model is, ``net(x, region=region)`` on ``(B, 3, T, T)`` float input in [0, 1]
     (``B`` tiles run one after another), it gives the model's float32 output for the region
@@ -207,8 +237,9 @@ class OnnxTileNet:
     Attributes:
         tile_px: the input side fixed in the graph.
         region: the map cells the graph computes (``None``: the whole map).
+        runtime: what runs the graph: ``"onnx"`` (ONNX Runtime, graph optimisation ``level``)
+            or ``"openvino"`` (:func:`openvino_model`).
         graph: the serialised ONNX graph.
-        input_name, output_name: the graph's input and output names.
     """
 
     def __init__(
@@ -220,14 +251,23 @@ class OnnxTileNet:
         threads: int | None = None,
         level: str = "all",
         exporter: str = "dynamo",
+        runtime: str = "onnx",
     ) -> None:
+        require_onnx(exporter, runtime=runtime)
         self.tile_px = int(tile_px)
         self.region = None if region is None else tuple(int(v) for v in region)
         self.stride = int(getattr(model, "stride", 1))
+        self.runtime = runtime
         self.graph = export_onnx(model, self.tile_px, region=self.region, exporter=exporter)
-        self.session = ort_session(self.graph, threads=threads, level=level)
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        if runtime == "openvino":
+            request = openvino_model(self.graph, threads=threads).create_infer_request()
+            # a copy of the output, not a view of the request's buffer that the next call reuses
+            self._run = lambda t: request.infer({0: t}, share_outputs=False)[0]
+        else:
+            session = ort_session(self.graph, threads=threads, level=level)
+            names = [session.get_outputs()[0].name]
+            feed = session.get_inputs()[0].name
+            self._run = lambda t: session.run(names, {feed: t})[0]
 
     def __call__(
         self, x: torch.Tensor, region: tuple[int, int, int, int] | None = None
@@ -244,8 +284,5 @@ class OnnxTileNet:
                 f"{tuple(x.shape)}: export the model again for this tile side."
             )
         arr = x.detach().to("cpu", torch.float32).numpy()
-        outs = [
-            self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(t)})[0]
-            for t in np.split(arr, len(arr))
-        ]
+        outs = [self._run(np.ascontiguousarray(t)) for t in np.split(arr, len(arr))]
         return torch.from_numpy(np.concatenate(outs))

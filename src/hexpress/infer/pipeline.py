@@ -61,8 +61,8 @@ class PredictOptions:
         margin: tile margin, ``"exact"`` (default), ``"effective"`` or px
             (:meth:`~hexpress.infer.ModelInfo.margin_px`).
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
-        runtime: ``"torch"`` or ``"onnx"`` (ONNX Runtime on the CPU, dense models; see
-            :func:`~hexpress.infer.predict_slide`).
+        runtime: ``"torch"``, ``"onnx"`` (ONNX Runtime on the CPU, dense models) or
+            ``"openvino"`` (OpenVINO on the CPU); see :func:`~hexpress.infer.predict_slide`.
         detect_tissue: skip tiles without tissue (else predict the whole slide).
         overwrite: replace folders that hold results.
         memory_mb: bound on one aggregation block.
