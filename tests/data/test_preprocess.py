@@ -53,6 +53,11 @@ def test_normalize_counts_array_sparse_torch_agree():
     np.testing.assert_allclose(normalize_counts(sp.csr_matrix(c), tot).toarray(), dense)
     t = normalize_counts(torch.tensor(c, dtype=torch.float32), tot)
     np.testing.assert_allclose(t.numpy(), dense, rtol=1e-5)
+    into = torch.full((2, 2), -1.0)  # in place, into a tensor given
+    assert normalize_counts(torch.tensor(c, dtype=torch.float32), tot, out=into) is into
+    torch.testing.assert_close(into, t, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="torch tensors only"):
+        normalize_counts(c, tot, out=np.empty((2, 2)))
 
 
 def test_heg_and_hvg_selection(rng):

@@ -107,15 +107,21 @@ def test_bins_aligned_with_cells_are_the_map(tmp_path, rng):
     np.testing.assert_allclose(bins8.X[0], values[:4, :4].mean((0, 1)), rtol=1e-6)
 
 
-def test_density_total_underflow_predicts_zero_not_nan():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])  # squares' sums; discs' and cells'
+def test_density_total_underflow_predicts_zero_not_nan(dtype, monkeypatch):
     """A covered unit whose summed total is 0 (float16 underflow) gives 0, like training."""
-    from hexpress.infer import finish_units
+    from hexpress.infer import aggregate_disk, finish_units
 
-    sums = np.array([[0.0, 0.0, 0.0, 1.0], [2.0, 1.0, 4.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setattr(aggregate_disk, "_FINISH_ROWS", 2)  # rows in pieces, as for millions
+    sums = np.array([[0.0, 0.0, 0.0, 1.0], [2.0, 1.0, 4.0, 2.0], [0.0, 0.0, 0.0, 0.0]], dtype=dtype)
     out = finish_units(sums, "density", 2, scale=10.0)
+    assert out.dtype == np.float32
     np.testing.assert_array_equal(out[0], [0.0, 0.0])
     np.testing.assert_allclose(out[1], np.log1p(10.0 * np.array([2.0, 1.0]) / 4.0), rtol=1e-6)
     assert np.isnan(out[2]).all()  # nothing covered: no prediction
+    field = finish_units(sums, "field", 2)  # the mean over covered pixels
+    np.testing.assert_allclose(field[:2], [[0.0, 0.0], [1.0, 0.5]], rtol=1e-7)
+    assert field.dtype == np.float32 and np.isnan(field[2]).all()
 
 
 def _same_anndata(a, b):

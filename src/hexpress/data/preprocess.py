@@ -89,7 +89,7 @@ def total_counts(adata: ad.AnnData) -> np.ndarray:
 MIN_TOTAL = 1e-12
 
 
-def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE):
+def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE, *, out=None):
     """``log1p(counts / totals * scale)`` row by row: the one place hexpress computes it.
 
     Used for training targets (observed counts) and for predictions (a predicted gene density
@@ -102,10 +102,12 @@ def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE):
             tensor).
         totals: ``(...)`` total of each row over all genes (same leading shape as ``counts``).
         scale: the fixed scale (default 1e4).
+        out: torch only: a tensor of ``counts``' shape and dtype that receives the result, in
+            place and without temporaries of that size (not differentiable); returned.
 
     Returns:
         Same kind and shape as ``counts`` (sparse stays sparse), float32 (numpy, sparse) or the
-        tensor's dtype (torch; differentiable in ``counts`` and ``totals``).
+        tensor's dtype (torch; differentiable in ``counts`` and ``totals`` unless ``out``).
     """
     if not scale > 0:
         raise ConfigError(f"normalisation scale must be positive, got {scale}.")
@@ -115,7 +117,11 @@ def normalize_counts(counts, totals, scale: float = DEFAULT_SCALE):
         t = torch.as_tensor(totals, dtype=counts.dtype, device=counts.device)
         t = t.reshape(*counts.shape[:-1], 1)
         factor = (scale / t.clamp_min(MIN_TOTAL)).masked_fill(t <= 0, 0.0)
+        if out is not None:
+            return torch.mul(counts, factor, out=out).log1p_()
         return torch.log1p(counts * factor)
+    if out is not None:
+        raise TypeError("normalize_counts takes out= for torch tensors only.")
     if not sp.issparse(counts):
         counts = np.asarray(counts, dtype=np.float64)
     totals = np.asarray(totals, dtype=np.float64).reshape(counts.shape[:-1])

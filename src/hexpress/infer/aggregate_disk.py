@@ -428,21 +428,27 @@ def finish_units(sums: np.ndarray, mode: str, n_genes: int, *, scale: float = 1.
     for a in range(0, len(sums), _FINISH_ROWS):
         part = sums[a : a + _FINISH_ROWS]
         covered = part[:, -1]
+        rows = out[a : a + _FINISH_ROWS]
         with np.errstate(invalid="ignore", divide="ignore"):
             if mode == "field":
-                rows = part[:, :n_genes] / covered[:, None]
+                np.divide(part[:, :n_genes], covered[:, None], out=rows, casting="unsafe")
             else:
                 # as in training (models.aggregate.predict_units): a covered unit whose predicted
                 # total underflows to 0 (a 2 µm bin on a float16 map) predicts 0, not NaN. In
                 # the sums' precision (float32 for squares, float64 for discs and polygons),
-                # through torch: its vectorised float32 log1p is ~3x numpy's float64 one
+                # through torch: its vectorised float32 log1p is ~3x numpy's float64 one;
+                # float32 sums go straight into ``out`` (no temporaries of the block's size)
                 gene, total = (
                     torch.from_numpy(part[:, :n_genes]),
                     torch.from_numpy(part[:, n_genes]),
                 )
-                rows = normalize_counts(gene, total, scale).numpy()
-        rows[covered <= 0] = np.nan
-        out[a : a + _FINISH_ROWS] = rows
+                if gene.dtype == torch.float32:
+                    normalize_counts(gene, total, scale, out=torch.from_numpy(rows))
+                else:
+                    rows[:] = normalize_counts(gene, total, scale).numpy()
+        none = covered <= 0
+        if none.any():
+            rows[none] = np.nan
     return out
 
 
