@@ -4,16 +4,18 @@ Each slide is a pyramidal JPEG-tiled TIFF written tile by tile (never whole in m
 cheap H&E-like texture: an elliptical tissue region (pink, with purple "nuclei" dots) on white
 glass. Each prediction runs in a fresh subprocess that reports its peak resident memory
 (``VmHWM``): tissue detection, tiled prediction of the dense map (tiles without tissue are
-skipped), and aggregation of 16 µm bins from the on-disk map.
+skipped), and aggregation of 16 µm bins from the on-disk map; ``peak_rss_mb_map`` is the peak
+before the aggregation, ``peak_rss_mb`` the peak of the whole run.
 
 The model is the untrained ``test_pixnet`` (stride 4) at ``model_mpp`` 2 µm/px, so the 40k run
 (0.5 µm/px slide, 20 x 20 mm) finishes in minutes on 2 CPU cores; memory is bounded by tile and
 batch, which do not depend on the model's weights. ``--model pixnet_lite0 --tile-px default``
-measures the real model at the engine's default tile (3072 px; slower: about 170 GFLOP a tile).
+measures the real model at the engine's default tile (at most 3072 px, 2048 px with
+``--runtime onnx`` or ``openvino``; slower: about 170 GFLOP a 3072 px tile).
 
 Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]
 [--model test_pixnet] [--tile-px 1024|default] [--batch-size 4] [--genes 16]
-[--runtime torch|onnx]``.
+[--runtime torch|onnx|openvino]``.
 Prints one JSON object.
 """
 
@@ -107,11 +109,14 @@ def child(
         progress=False,
     )  # fmt: skip
     t_map = time.perf_counter() - t0
+
+    def hwm_kb() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+    map_kb = hwm_kb()
     bins = grid_bins(img.width, img.height, img.mpp, 16.0, tissue=tissue)
     a = aggregate_units(dm, bins, progress=False, drop_uncovered=True)
-    hwm_kb = next(
-        int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")
-    )
     print(
         json.dumps(
             {
@@ -124,7 +129,8 @@ def child(
                 "bins_16um": int(a.n_obs),
                 "seconds_map": round(t_map, 1),
                 "seconds_total": round(time.perf_counter() - t0, 1),
-                "peak_rss_mb": round(hwm_kb / 1024, 1),
+                "peak_rss_mb_map": round(map_kb / 1024, 1),
+                "peak_rss_mb": round(hwm_kb() / 1024, 1),
             }
         )
     )
@@ -138,7 +144,7 @@ def main() -> None:
     p.add_argument("--tile-px", default="1024", help="px, or 'default' (the engine's)")
     p.add_argument("--batch-size", default="4")
     p.add_argument("--genes", default="16", help="output genes of the model")
-    p.add_argument("--runtime", default="torch", help="torch or onnx (the onnx extra)")
+    p.add_argument("--runtime", default="torch", help="torch, onnx or openvino (their extras)")
     p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:

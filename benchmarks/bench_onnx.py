@@ -126,49 +126,41 @@ def bench_tile(args, model, tile_px: int, speed) -> dict:
         graph = export_onnx(exported, grid.tile_px, region=region, exporter=args.exporter)
     out["seconds_export"] = round(time.perf_counter() - t0, 2)
     out["graph_mb"] = round(len(graph) / 2**20, 2)
-    for level in args.levels:
+
+    def timed(key: str, make, run) -> None:
+        """Time ``run(made)`` after ``made = make()`` (a session or a compiled model)."""
         t0 = time.perf_counter()
-        sess = ort_session(graph, threads=args.threads, level=level)
-        t_sess = time.perf_counter() - t0
-        (name,) = (i.name for i in sess.get_inputs())
-
-        def run_ort(sess=sess, name=name):
-            return sess.run(None, {name: np.ascontiguousarray(x.numpy())})[0]
-
-        t_ort, y = _median_seconds(run_ort, args.repeats)
+        made = make()
+        t_make = time.perf_counter() - t0
+        t_run, y = _median_seconds(lambda: run(made), args.repeats)
         if y.shape != ref.shape:
-            raise RuntimeError(f"ONNX Runtime gave {y.shape}, torch {ref.shape} ({level})")
+            raise RuntimeError(f"{key} gave {y.shape}, torch {ref.shape}")
         dev = float(np.abs(y - ref).max())
-        res = {
-            "seconds_per_tile": round(t_ort, 4),
-            "gflop_per_s": round(flop / t_ort / 1e9, 2),
-            "speedup_over_torch": round(t_torch / t_ort, 3),
-            "seconds_session": round(t_sess, 2),
+        out[key] = {
+            "seconds_per_tile": round(t_run, 4),
+            "gflop_per_s": round(flop / t_run / 1e9, 2),
+            "speedup_over_torch": round(t_torch / t_run, 3),
+            "seconds_session": round(t_make, 2),
             "max_abs_dev": dev,
             "max_abs_dev_over_std": dev / std if std > 0 else None,
         }
-        out[f"ort_{level}"] = res
-        print(json.dumps({"tile_px": tile_px, level: res}), file=sys.stderr, flush=True)
-        del sess
+        print(json.dumps({"tile_px": tile_px, key: out[key]}), file=sys.stderr, flush=True)
+
+    def nchw() -> np.ndarray:  # what the runtimes take; making it is part of each call
+        return np.ascontiguousarray(x.numpy())
+
+    for level in args.levels:
+        timed(
+            f"ort_{level}",
+            lambda level=level: ort_session(graph, threads=args.threads, level=level),
+            lambda sess: sess.run(None, {sess.get_inputs()[0].name: nchw()})[0],
+        )
     if args.openvino:
-        t0 = time.perf_counter()
-        request = openvino_model(graph, threads=args.threads).create_infer_request()
-        t_sess = time.perf_counter() - t0
-
-        def run_ov():
-            return request.infer({0: np.ascontiguousarray(x.numpy())}, share_outputs=False)[0]
-
-        t_ov, y = _median_seconds(run_ov, args.repeats)
-        dev = float(np.abs(y - ref).max())
-        out["openvino"] = {
-            "seconds_per_tile": round(t_ov, 4),
-            "gflop_per_s": round(flop / t_ov / 1e9, 2),
-            "speedup_over_torch": round(t_torch / t_ov, 3),
-            "seconds_compile": round(t_sess, 2),
-            "max_abs_dev": dev,
-            "max_abs_dev_over_std": dev / std if std > 0 else None,
-        }
-        print(json.dumps({"tile_px": tile_px, "openvino": out["openvino"]}), file=sys.stderr)
+        timed(
+            "openvino",
+            lambda: openvino_model(graph, threads=args.threads).create_infer_request(),
+            lambda req: req.infer({0: nchw()}, share_outputs=False)[0],
+        )
     return out
 
 

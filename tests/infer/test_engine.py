@@ -225,7 +225,7 @@ def test_pixnet_tiled_map_equals_untiled_pass(tmp_path):
 
 
 def test_default_tiles_share_the_image_out_evenly():
-    from hexpress.infer.tiling import DEFAULT_TILE_PX
+    from hexpress.infer.tiling import DEFAULT_TILE_PX, GRAPH_TILE_PX
 
     g = make_tile_grid((13000, 13000), stride=4, receptive_field_px=512, align_px=32)
     # 7 cores of 1888 px cover 13,000 px (7 of 2048 would reach 14,336)
@@ -237,3 +237,7 @@ def test_default_tiles_share_the_image_out_evenly():
     # an image smaller than one core gets one tile just big enough
     s = make_tile_grid((300, 200), stride=4, receptive_field_px=8, align_px=4)
     assert len(s) == 1 and s.tile_px == 300 + 2 * 8
+    # exported graphs get smaller default tiles: 13 cores of 1024 px (12 would need 1088)
+    o = make_tile_grid((13000, 13000), stride=4, receptive_field_px=512, align_px=32,
+                       max_tile_px=GRAPH_TILE_PX)  # fmt: skip
+    assert (o.tile_px, o.core_cells * 4, o.n_rows) == (2048, 1024, 13)

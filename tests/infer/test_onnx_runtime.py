@@ -84,6 +84,28 @@ def test_graph_runtime_on_model_without_region(tmp_path, runtime):
     _assert_same_map(got, ref)
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx", "openvino"])
+def test_graph_runtimes_get_smaller_default_tiles(tmp_path, monkeypatch, runtime):
+    """Without tile_px an exported graph gets tiles of at most GRAPH_TILE_PX (its memory)."""
+    from hexpress.infer import tiling
+
+    runtime = runtime if runtime == "torch" else _graph_runtime(runtime)
+    # the caps scaled down, so that a small slide shows them (8 px margins)
+    monkeypatch.setattr(tiling, "DEFAULT_CORE_PX", 8)
+    monkeypatch.setattr(engine, "DEFAULT_TILE_PX", 96)
+    monkeypatch.setattr(engine, "GRAPH_TILE_PX", 64)
+    model = TinyDense(mode="density").eval()
+    info = ModelInfo(model, tiny_meta(model))
+    slide = ArrayImage(he_like(160, 160), mpp=1.0)
+    predict_slide(
+        slide, info, tmp_path / "m.zarr", tissue=TissueMask.full(slide), progress=False,
+        exporter="torchscript", runtime=runtime,
+    )  # fmt: skip
+    tile = open_dense_map(tmp_path / "m.zarr").attrs["tile_grid"]["tile_px"]
+    # 160 px in 2 cores of 80 px under a 96 px cap, in 4 cores of 40 px under a 64 px one
+    assert tile == (96 if runtime == "torch" else 56)
+
+
 def test_openvino_runs_float32_tile_by_tile(pixnet_info):
     _graph_runtime("openvino")
     net = OnnxTileNet(

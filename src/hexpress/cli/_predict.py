@@ -73,7 +73,10 @@ def predict(
         None, "--preview", help="Genes to draw over the H&E thumbnail (comma-separated)."
     ),
     tile_px: int | None = typer.Option(
-        None, "--tile-px", help="Tile side in px at model_mpp, margins included (default: 3072)."
+        None,
+        "--tile-px",
+        help="Tile side in px at model_mpp, margins included (default: at most 3072; 2048 "
+        "with --runtime onnx or openvino).",
     ),
     margin: str = typer.Option(
         "exact",

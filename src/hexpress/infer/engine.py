@@ -33,7 +33,13 @@ from hexpress._device import (
 from hexpress._files import sha256_file
 from hexpress.errors import CheckpointError, ConfigError
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
-from hexpress.infer.tiling import Tile, TileGrid, make_tile_grid
+from hexpress.infer.tiling import (
+    DEFAULT_TILE_PX,
+    GRAPH_TILE_PX,
+    Tile,
+    TileGrid,
+    make_tile_grid,
+)
 from hexpress.infer.tissue import TissueMask, detect_tissue
 from hexpress.io.image import SlideImage
 from hexpress.models.fuse import fold_batchnorms
@@ -442,7 +448,8 @@ def predict_slide(
         slide: the slide (any ``mpp``; tiles are read resampled to ``info.model_mpp``).
         info: the dense model and its metadata (:func:`model_info`).
         map_path: where the map goes.
-        tile_px: tile side in input px, margins included (default: 3072 px, see
+        tile_px: tile side in input px, margins included (default: at most 3072 px, 2048 px
+            for ``runtime="onnx"`` or ``"openvino"``; see
             :func:`~hexpress.infer.tiling.make_tile_grid`).
         margin: ``"exact"`` (the receptive field: tiled equals untiled), ``"effective"`` or
             px (see :meth:`ModelInfo.margin_px`).
@@ -482,6 +489,7 @@ def predict_slide(
         receptive_field_px=info.margin_px(margin),
         tile_px=tile_px,
         align_px=info.align_px,
+        max_tile_px=DEFAULT_TILE_PX if runtime == "torch" else GRAPH_TILE_PX,
     )
     attrs = _map_attrs(slide, info, grid, tissue)
     dm = None

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 from hexpress.errors import ConfigError
 
-__all__ = ["Tile", "TileGrid", "make_tile_grid", "DEFAULT_CORE_PX", "DEFAULT_TILE_PX"]
+__all__ = [
+    "Tile",
+    "TileGrid",
+    "make_tile_grid",
+    "DEFAULT_CORE_PX",
+    "DEFAULT_TILE_PX",
+    "GRAPH_TILE_PX",
+]
 
 DEFAULT_TILE_PX = 3072
 """Tile side (margins included) when no tile size is given. Memory grows with the tile side
@@ -30,6 +37,14 @@ as float16 as soon as it is computed: 2.27 GB peak for the whole process at 2560
 the overlap shrinks with it: at 3072 px with a 512 px margin 44 % of the pixels are kept, with
 256 px 69 %. PixNet runs its decoder on the core only, so most of the FLOPs are kept either way.
 ``benchmarks/bench_tile_memory.py`` measures the peak per tile side."""
+
+GRAPH_TILE_PX = 2048
+"""Largest default tile side for a dense model run as an exported graph (``runtime="onnx"`` or
+``"openvino"``). The graph holds a whole tile's encoder activations at once (PyTorch runs the
+encoder's first stages in strips of rows): with OpenVINO, PixNet-Lite0 and 250 genes, the
+process peaked at 3.8 GB with 3,040 px tiles and 2.5 GB with 2,304 px ones. On 2 cores the
+6.5 mm region took as long in 2,048 px tiles (220 s) as in 2,912 px ones (219 s), the graph
+running at a higher rate on the smaller tile (docs/benchmarks.md)."""
 
 DEFAULT_CORE_PX = 1024
 """The smallest core a default tile gets (models with margins wider than 768 px)."""
@@ -121,6 +136,7 @@ def make_tile_grid(
     receptive_field_px: int,
     tile_px: int | None = None,
     align_px: int | None = None,
+    max_tile_px: int = DEFAULT_TILE_PX,
 ) -> TileGrid:
     """Lay out tiles over an image of ``image_shape`` input px.
 
@@ -129,11 +145,13 @@ def make_tile_grid(
         stride: input px per map cell.
         receptive_field_px: the model's receptive field in input px; the margin covers it.
         tile_px: requested tile side in input px; rounded down to a multiple of ``align_px``.
-            Default (``None``): at most :data:`DEFAULT_TILE_PX` (or a core of
+            Default (``None``): at most ``max_tile_px`` (or a core of
             :data:`DEFAULT_CORE_PX` px plus the margins when that is larger), with the cores
             shrunk to share the image's longest side out evenly.
         align_px: tile corners fall on multiples of this (default ``stride``); it is rounded up
             to a multiple of ``stride``.
+        max_tile_px: the largest default tile side (:data:`DEFAULT_TILE_PX`; exported graphs
+            :data:`GRAPH_TILE_PX`).
 
     Raises:
         ConfigError: the tile is too small to hold its margins and one aligned core.
@@ -146,7 +164,7 @@ def make_tile_grid(
     margin = math.ceil(max(0, int(receptive_field_px)) / align) * align
     if tile_px is None:
         min_core = max(align, math.ceil(DEFAULT_CORE_PX / align) * align)
-        max_core = max(DEFAULT_TILE_PX, 2 * margin + min_core) - 2 * margin
+        max_core = max(int(max_tile_px), 2 * margin + min_core) - 2 * margin
         max_core = max(align, max_core // align * align)
         # as few cores along the longest side as fit, shared out evenly (the last tile would
         # otherwise be mostly outside the image)
