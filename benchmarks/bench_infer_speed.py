@@ -57,7 +57,7 @@ import torch
 
 from hexpress.infer import ModelInfo, TissueMask, grid_bins, make_tile_grid, predict_slide
 from hexpress.infer.aggregate_disk import aggregate_units
-from hexpress.infer.engine import RUNTIMES, core_region, dense_forward
+from hexpress.infer.engine import RUNTIMES, core_region, dense_forward, max_tile_px
 from hexpress.infer.onnx_export import EXPORTERS
 from hexpress.infer.patch_engine import predict_patches
 from hexpress.io import open_image
@@ -173,7 +173,7 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     (slide, model, info, margin), t_setup = _timed(_setup, args, slide_path)
     grid = make_tile_grid(
         (side, side), stride=info.stride, receptive_field_px=margin, tile_px=args.tile_px,
-        align_px=info.align_px,
+        align_px=info.align_px, max_tile_px=max_tile_px(args.runtime),
     )  # fmt: skip
     timings: dict[str, float] = {}
     dm, t_map = _timed(

@@ -142,6 +142,39 @@ def test_resume_refuses_other_run_and_redoes(tmp_path, tiny_model, slide_img):
     assert dm.attrs["tile_grid"]["tile_px"] == 64 and dm.complete
 
 
+def test_map_is_lz4_and_an_older_zstd_map_resumes(tmp_path, tiny_model, slide_img, monkeypatch):
+    """Maps are Blosc LZ4 (fast to decode); a killed run's map in zarr's default Zstandard, as
+    hexpress wrote them before, resumes in its own codec and holds the same values."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    from hexpress.infer import dense_map
+
+    info = ModelInfo(tiny_model, tiny_meta(tiny_model))
+    kw = dict(tile_px=48, batch_size=2, tissue=TissueMask.full(slide_img), progress=False)
+    new = predict_slide(slide_img, info, tmp_path / "new.zarr", **kw)
+    (codec,) = new._group["map"].compressors
+    assert isinstance(codec, BloscCodec) and codec.cname.value == "lz4"
+
+    real, calls = engine_mod.dense_forward, {"n": 0}
+
+    def crashing(*a, **k):  # killed after 4 tiles
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(dense_map, "_map_codec", lambda: ZstdCodec(level=0))
+    monkeypatch.setattr(engine_mod, "dense_forward", crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        predict_slide(slide_img, info, tmp_path / "old.zarr", **kw)
+    monkeypatch.undo()
+    old = predict_slide(slide_img, info, tmp_path / "old.zarr", **kw)  # resumed
+    assert isinstance(old._group["map"].compressors[0], ZstdCodec)
+    np.testing.assert_array_equal(
+        old.read(0, old.shape[0], 0, old.shape[1])[0], new.read(0, new.shape[0], 0, new.shape[1])[0]
+    )
+
+
 def test_open_dense_map_rejects_foreign(tmp_path):
     (tmp_path / "x.zarr").mkdir()
     with pytest.raises(FormatError, match="not a"):

@@ -54,6 +54,7 @@ __all__ = [
     "dense_forward",
     "tile_net",
     "runtime_device",
+    "max_tile_px",
     "RUNTIMES",
 ]
 
@@ -213,6 +214,16 @@ def core_region(model: torch.nn.Module, grid: TileGrid) -> tuple[int, int, int, 
         return None
     m, c = grid.margin_px // grid.stride, grid.core_cells
     return (m, m, m + c, m + c)
+
+
+def max_tile_px(runtime: str) -> int:
+    """The largest default tile side for ``runtime``.
+
+    :data:`~hexpress.infer.tiling.DEFAULT_TILE_PX` for PyTorch,
+    :data:`~hexpress.infer.tiling.GRAPH_TILE_PX` for an exported graph (it holds a whole tile's
+    activations at once).
+    """
+    return DEFAULT_TILE_PX if runtime == "torch" else GRAPH_TILE_PX
 
 
 def runtime_device(
@@ -489,7 +500,7 @@ def predict_slide(
         receptive_field_px=info.margin_px(margin),
         tile_px=tile_px,
         align_px=info.align_px,
-        max_tile_px=DEFAULT_TILE_PX if runtime == "torch" else GRAPH_TILE_PX,
+        max_tile_px=max_tile_px(runtime),
     )
     attrs = _map_attrs(slide, info, grid, tissue)
     dm = None
