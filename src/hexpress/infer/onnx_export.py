@@ -50,7 +50,8 @@ EXPORTERS = ("dynamo", "torchscript")
 """torch's exporters: ``torch.export``-based (torch's default) and the older tracing one."""
 
 GRAPH_RUNTIMES = {"onnx": ("onnxruntime", "ONNX Runtime"), "openvino": ("openvino", "OpenVINO")}
-"""What runs an exported graph on the CPU: runtime name -> (its package, the hexpress extra too)."""
+"""What runs an exported graph on the CPU: runtime name (also the name of the hexpress extra that
+installs it) -> (its Python package, its name in messages)."""
 
 GRAPH_LEVELS = ("disable", "basic", "extended", "layout", "all")
 """ONNX Runtime graph optimisation levels, by the names of ``GraphOptimizationLevel``."""
