@@ -42,10 +42,10 @@ def export_onnx_command(
     The tile side and the core are fixed in the graph.
     """
     from hexpress.cli._checks import check_checkpoint_path
-    from hexpress.infer.engine import core_region
+    from hexpress.infer.engine import core_region, max_tile_px
     from hexpress.infer.onnx_export import export_onnx, require_onnx
     from hexpress.infer.pipeline import load_model_info
-    from hexpress.infer.tiling import GRAPH_TILE_PX, make_tile_grid
+    from hexpress.infer.tiling import make_tile_grid
 
     check_checkpoint_path(checkpoint)
     require_onnx(exporter, run=False)
@@ -60,7 +60,7 @@ def export_onnx_command(
     grid = make_tile_grid(
         (_LARGE_SLIDE_PX, _LARGE_SLIDE_PX), stride=info.stride,
         receptive_field_px=info.margin_px(margin), tile_px=tile_px, align_px=info.align_px,
-        max_tile_px=GRAPH_TILE_PX,
+        max_tile_px=max_tile_px("onnx"),
     )  # fmt: skip
     region = core_region(info.model, grid)
     data = export_onnx(info.model, grid.tile_px, region=region, path=out, exporter=exporter)

@@ -33,6 +33,7 @@ from hexpress._device import (
 from hexpress._files import sha256_file
 from hexpress.errors import CheckpointError, ConfigError
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
+from hexpress.infer.onnx_export import GRAPH_RUNTIMES
 from hexpress.infer.tiling import (
     DEFAULT_TILE_PX,
     GRAPH_TILE_PX,
@@ -62,8 +63,9 @@ log = logging.getLogger(__name__)
 
 TOTAL_CHANNEL = "__total__"
 
-RUNTIMES = ("torch", "onnx", "openvino")
-"""What runs the model on each tile: PyTorch, or ONNX Runtime on the CPU (the ``onnx`` extra)."""
+RUNTIMES = ("torch", *GRAPH_RUNTIMES)
+"""What runs the model on each tile: PyTorch, or an exported graph on the CPU: ONNX Runtime (the
+``onnx`` extra) or OpenVINO (the ``openvino`` extra); see :data:`GRAPH_RUNTIMES`."""
 
 
 def _get(meta: Any, key: str, default: Any = None) -> Any:
@@ -274,7 +276,7 @@ def tile_net(
     dev = runtime_device(runtime, device, exporter=exporter)
     if runtime == "torch":
         return prepare_model(fold_batchnorms(info.model), dev)
-    from hexpress.infer.onnx_export import GRAPH_RUNTIMES, OnnxTileNet
+    from hexpress.infer.onnx_export import OnnxTileNet
 
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
