@@ -17,11 +17,18 @@ own, in blocks of ``--block-bins`` bins, one AnnData per block, so memory stays 
 or block: the map read once per size), as before the one pass existed, so that the same command
 times an older version.
 
+``--files`` writes the bins as ``hexpress predict --bins`` does: every size into one ``.h5ad``
+(:func:`hexpress.infer.write_geometries`: one pass while the sizes fit ``--units-mb`` of sums
+and predictions, else groups of units written straight into the files); ``--files-in-memory``
+the way predict did before that: every size's AnnData made in memory in one pass, then written
+(:func:`hexpress.infer.aggregate_geometries`, :func:`hexpress.infer.write_h5ad_atomic`). Both
+report seconds, peak RSS and the files' size.
+
 Prints one JSON object: bins per size; per pass the sizes, bins, AnnData made, seconds and bins
 per second; the total; peak RSS (``VmHWM``) after writing the map and at the end.
 
 Usage: ``python benchmarks/bench_aggregate.py [--cells 3250] [--channels 251] [--bins 16,8,2]
-[--separate] [--map PATH]``. ``--cells 400`` runs in seconds. ``--map`` keeps the map at PATH
+[--separate | --files | --files-in-memory] [--map PATH]``. ``--cells 400`` runs in seconds. ``--map`` keeps the map at PATH
 and reuses it on the next run with the same options.
 """
 
@@ -118,6 +125,61 @@ def _pass(dm, unit_sets, args, one_pass: bool) -> int:
     return made
 
 
+def _passes(dm, units: dict, sizes: list[float], args) -> dict:
+    """The in-memory passes (one for the sizes that fit in a block together, or one each)."""
+    # one pass for the bin sizes whose bins fit in one block together; the others (or every
+    # size, with --separate) a pass each, in blocks of bins
+    whole = [um for um in sizes if len(units[um]) <= args.block_bins]
+    groups = [[um] for um in sizes] if args.separate else []
+    if not args.separate:
+        groups = ([whole] if whole else []) + [[um] for um in sizes if um not in whole]
+    passes = []
+    t_all = time.perf_counter()
+    for group in groups:
+        t0 = time.perf_counter()
+        n = _pass(dm, [units[um] for um in group], args, one_pass=len(group) > 1)
+        dt = time.perf_counter() - t0
+        bins = sum(len(units[um]) for um in group)
+        passes.append({
+            "sizes_um": group, "bins": bins, "anndata": n, "seconds": round(dt, 3),
+            "bins_per_s": round(bins / max(dt, 1e-9)),
+        })  # fmt: skip
+    return {"seconds_total": round(time.perf_counter() - t_all, 3), "passes": passes}
+
+
+def _write_files(dm, unit_sets, folder: Path, args) -> dict:
+    """Every set into one ``.h5ad`` each, streamed (``--files``) or in memory first."""
+    from hexpress.infer import aggregate_geometries, write_geometries, write_h5ad_atomic
+
+    folder = Path(tempfile.mkdtemp(prefix="hexpress_agg_files_", dir=folder))
+    paths = [folder / f"{u.name}.h5ad" for u in unit_sets]
+    try:
+        t0 = time.perf_counter()
+        if args.files:
+            counts = write_geometries(
+                dm, unit_sets, paths, memory_mb=args.memory_mb, units_mb=args.units_mb,
+                progress=False,
+            )  # fmt: skip
+        else:
+            counts = []
+            res = aggregate_geometries(dm, unit_sets, memory_mb=args.memory_mb, progress=False)
+            for a, path in zip(res, paths, strict=True):
+                write_h5ad_atomic(a, path)
+                counts.append(a.n_obs)
+                del a
+        dt = time.perf_counter() - t0
+        assert counts == [len(u) for u in unit_sets], counts
+        return {
+            "written": "streamed" if args.files else "in_memory",
+            "units_mb": args.units_mb if args.files else None,
+            "seconds_total": round(dt, 3),
+            "bins_per_s": round(sum(counts) / max(dt, 1e-9)),
+            "file_mb": {p.name: round(p.stat().st_size / 2**20, 1) for p in paths},
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cells", type=int, default=3250, help="map side in cells (2 µm each)")
@@ -126,7 +188,13 @@ def main() -> None:
     p.add_argument("--bins", default="16,8,2", help="bin sides in µm, comma separated")
     p.add_argument("--block-bins", type=int, default=1_000_000, help="bins per AnnData block")
     p.add_argument("--memory-mb", type=float, default=512.0, help="memory bound of one block")
-    p.add_argument("--separate", action="store_true", help="one aggregate_units per bin size")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--separate", action="store_true", help="one aggregate_units per bin size")
+    how.add_argument("--files", action="store_true", help="into .h5ad files as predict does")
+    how.add_argument(
+        "--files-in-memory", action="store_true", help="into .h5ad files, each made in memory"
+    )
+    p.add_argument("--units-mb", type=float, default=1024.0, help="--files: sums held at once")
     p.add_argument("--map", default=None, help="keep the map here (and reuse it)")
     p.add_argument("--workdir", default=None, help="where a temporary map goes")
     args = p.parse_args()
@@ -155,25 +223,10 @@ def main() -> None:
         units = {um: grid_bins(side, side, MODEL_MPP, um) for um in sizes}
         for um in sizes:
             out[f"bins_{um:g}um"] = len(units[um])
-        # one pass for the bin sizes whose bins fit in one block together; the others (or every
-        # size, with --separate) a pass each, in blocks of bins
-        whole = [um for um in sizes if len(units[um]) <= args.block_bins]
-        groups = [[um] for um in sizes] if args.separate else []
-        if not args.separate:
-            groups = ([whole] if whole else []) + [[um] for um in sizes if um not in whole]
-        passes = []
-        t_all = time.perf_counter()
-        for group in groups:
-            t0 = time.perf_counter()
-            n = _pass(dm, [units[um] for um in group], args, one_pass=len(group) > 1)
-            dt = time.perf_counter() - t0
-            bins = sum(len(units[um]) for um in group)
-            passes.append({
-                "sizes_um": group, "bins": bins, "anndata": n, "seconds": round(dt, 3),
-                "bins_per_s": round(bins / max(dt, 1e-9)),
-            })  # fmt: skip
-        out["seconds_total"] = round(time.perf_counter() - t_all, 3)
-        out["passes"] = passes
+        if args.files or args.files_in_memory:
+            out.update(_write_files(dm, [units[um] for um in sizes], work or map_path.parent, args))
+        else:
+            out.update(_passes(dm, units, sizes, args))
         out["peak_rss_mb"] = peak_rss_mb()
     finally:
         if work is not None:

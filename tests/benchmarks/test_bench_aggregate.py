@@ -45,3 +45,17 @@ def _check(out, separate):
         assert p["bins_per_s"] <= p["bins"] / max(p["seconds"] - 6e-4, 1e-9) + 1
     assert out["seconds_total"] >= sum(p["seconds"] for p in out["passes"]) - 0.05
     assert out["peak_rss_mb"] >= out["peak_rss_mb_after_map"] > 0
+
+
+@pytest.mark.slow
+def test_tiny_map_into_files_streamed_and_in_memory(tmp_path):
+    """Both ways of writing the files give the same files; the streamed one in groups."""
+    sizes = {}
+    for how in ("--files", "--files-in-memory"):
+        out = _run(tmp_path, how, "--units-mb", "0.05")
+        assert out["written"] == ("streamed" if how == "--files" else "in_memory")
+        assert "passes" not in out and out["seconds_total"] > 0
+        assert out["bins_per_s"] <= (64 + 256 + 4096) / max(out["seconds_total"] - 6e-4, 1e-9) + 1
+        sizes[how] = out["file_mb"]
+    assert sizes["--files"] == sizes["--files-in-memory"]
+    assert set(sizes["--files"]) == {"bins_016um.h5ad", "bins_008um.h5ad", "bins_002um.h5ad"}

@@ -222,3 +222,90 @@ def test_read_as_float16_inside_and_across_the_edge(tmp_path, rng):
     assert not cov[:, :3].any() and np.isnan(v[5:]).all()
     v32, _ = dm.read(H - 5, H + 5, -3, 4)
     np.testing.assert_array_equal(v32, v.astype(np.float32))
+
+
+@pytest.mark.parametrize("units_mb", [1024.0, 0.02])
+def test_written_files_equal_the_in_memory_sets(tmp_path, rng, units_mb):
+    """write_geometries gives, file by file, the AnnData of aggregate_geometries, in one pass
+    (sets that fit) or in many groups of units (a budget of 20 kB), rows in the units' order."""
+    import anndata as ad
+
+    from hexpress.infer import aggregate_geometries, write_geometries
+
+    values = _map(rng, "density")
+    covered = np.ones((H, W), bool)
+    covered[:, 60:] = False
+    covered[30:40, :] = False  # a band across every group: dropped or NaN rows in the middle
+    dm = write_map(tmp_path / "m.zarr", values, mode="density", covered=covered, chunk=20)
+    shuffled = _units(rng, "disc", n=60)
+    shuffled = shuffled.subset(rng.permutation(60))  # rows not in reading order
+    sets = [
+        grid_bins(720, 560, 0.25, 2.0),
+        grid_bins(720, 560, 0.25, 6.0),
+        _units(rng, "square"),
+        shuffled,
+        _units(rng, "polygon"),
+    ]
+    drops = [True, False, True, False, True]
+    paths = [tmp_path / f"{i}.h5ad" for i in range(len(sets))]
+
+    def decorate(a):
+        a.uns["note"] = "added"
+
+    counts = write_geometries(
+        dm, sets, paths, units_mb=units_mb, memory_mb=0.05, drop_uncovered=drops,
+        decorate=decorate, progress=False,
+    )  # fmt: skip
+    expect = list(
+        aggregate_geometries(dm, sets, memory_mb=0.05, drop_uncovered=drops, progress=False)
+    )
+    for path, e, n in zip(paths, expect, counts, strict=True):
+        a = ad.read_h5ad(path)
+        assert a.n_obs == n == e.n_obs
+        _same_anndata(a, e)
+        assert a.uns["note"] == "added"
+        assert a.uns["hexpress"]["geometry_name"] == e.uns["hexpress"]["geometry_name"]
+    assert expect[0].n_obs < len(sets[0])  # some rows dropped
+    assert np.isnan(expect[1].X).any()  # some rows kept as NaN
+    assert not list(tmp_path.glob("*.h5ad.*"))  # no temporary file left
+
+
+def test_written_files_keep_the_genes_asked_for(tmp_path, rng):
+    import anndata as ad
+
+    from hexpress.errors import DataMismatchError
+    from hexpress.infer import aggregate_units, write_geometries
+
+    dm = write_map(tmp_path / "m.zarr", _map(rng, "field", n_genes=3))
+    bins = grid_bins(720, 560, 0.25, 16.0)
+    genes = [dm.genes[2], dm.genes[0]]
+    write_geometries(dm, [bins], [tmp_path / "b.h5ad"], genes=genes, units_mb=0.01, progress=False)
+    a = ad.read_h5ad(tmp_path / "b.h5ad")
+    e = aggregate_units(dm, bins, progress=False)[:, genes]
+    assert list(a.var_names) == genes
+    np.testing.assert_array_equal(a.X, e.X)
+    with pytest.raises(DataMismatchError, match="not predicted by this map"):
+        write_geometries(dm, [bins], [tmp_path / "c.h5ad"], genes=["nope"], progress=False)
+    assert not (tmp_path / "c.h5ad").exists()
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, rng, monkeypatch):
+    from hexpress.infer import aggregate_disk, write_geometries
+
+    dm = write_map(tmp_path / "m.zarr", _map(rng, "field"))
+    sets = [grid_bins(720, 560, 0.25, b) for b in (16.0, 8.0)]
+    paths = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
+    calls = []
+    real = aggregate_disk._sums_pass
+
+    def fail_second(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(aggregate_disk, "_sums_pass", fail_second)
+    with pytest.raises(RuntimeError, match="killed"):
+        write_geometries(dm, sets, paths, units_mb=0.002, progress=False)
+    assert len(calls) == 3
+    assert not list(tmp_path.glob("*.h5ad*"))

@@ -31,18 +31,18 @@ def test_spots_all_outside_is_an_error(workdir, tmp_path):
 def test_run_killed_after_the_map_resumes(workdir, tmp_path, monkeypatch):
     info = load_model_info(workdir / "ckpt" / "model")
     opts = PredictOptions(bins_um=[16], progress=False, tile_px=512, detect_tissue=False)
-    real = pipeline_mod.aggregate_geometries
+    real = pipeline_mod.write_geometries
 
     def crash(*a, **k):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(pipeline_mod, "aggregate_geometries", crash)
+    monkeypatch.setattr(pipeline_mod, "write_geometries", crash)
     with pytest.raises(RuntimeError):
         predict_slides([workdir / "slide.tif"], info, tmp_path / "o", opts)
     folder = tmp_path / "o" / "slide"
     assert not (folder / "summary.json").exists()
     assert not list(folder.glob("*.h5ad"))
-    monkeypatch.setattr(pipeline_mod, "aggregate_geometries", real)
+    monkeypatch.setattr(pipeline_mod, "write_geometries", real)
     seconds = open_dense_map(folder / "map.zarr").attrs["seconds"]
     [summary] = predict_slides([workdir / "slide.tif"], info, tmp_path / "o", opts)
     assert summary["units"]["bins_016um"] == 12 * 9

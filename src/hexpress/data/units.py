@@ -175,7 +175,7 @@ class Units:
 
     def to_anndata(
         self,
-        X: np.ndarray,
+        X: np.ndarray | None,
         *,
         genes: Sequence[str],
         uns: dict,
@@ -184,7 +184,8 @@ class Units:
         """An AnnData of per-unit values (predictions) laid out as :meth:`from_anndata` reads.
 
         Args:
-            X: ``(n, len(genes))`` values, stored as float32.
+            X: ``(n, len(genes))`` values, stored as float32 (``None``: an AnnData without
+                ``X``, for a writer that fills it on disk).
             genes: the variable names.
             uns: stored as ``uns["hexpress"]`` (``None`` becomes ``""``, tuples lists, numpy
                 scalars Python values, so that h5ad can write it).
@@ -205,7 +206,9 @@ class Units:
         for k, v in {**self.obs, **(obs or {})}.items():
             frame[k] = np.asarray(v)
         a = ad.AnnData(
-            X=np.asarray(X, dtype=np.float32), obs=frame, var=pd.DataFrame(index=list(genes))
+            X=None if X is None else np.asarray(X, dtype=np.float32),
+            obs=frame,
+            var=pd.DataFrame(index=list(genes)),
         )
         a.obsm[K.SPATIAL] = np.asarray(self.centers_level0_px, dtype=np.float64)
         a.uns[K.UNS] = _h5ad_value(uns)

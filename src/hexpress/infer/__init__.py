@@ -5,6 +5,7 @@ from hexpress.infer.aggregate_disk import (
     aggregate_units,
     finish_units,
     unit_sums,
+    write_geometries,
     write_h5ad_atomic,
 )
 from hexpress.infer.dense_map import DenseMap, create_dense_map, open_dense_map
@@ -53,6 +54,7 @@ __all__ = [
     "resolve_device",
     "unit_sums",
     "units_from_anndata",
+    "write_geometries",
     "write_h5ad_atomic",
     "write_previews",
 ]

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import anndata as ad
@@ -41,12 +42,14 @@ from hexpress import _keys as K
 from hexpress._files import atomic_path
 from hexpress.data.preprocess import normalize_counts
 from hexpress.data.units import model_px_per_level0_px
-from hexpress.errors import ConfigError
+from hexpress.errors import ConfigError, DataMismatchError
 from hexpress.infer.dense_map import DenseMap
 from hexpress.infer.units import Units
 
 __all__ = [
     "aggregate_geometries",
+    "write_geometries",
+    "gene_columns",
     "aggregate_units",
     "unit_sums",
     "finish_units",
@@ -476,30 +479,53 @@ def _uns_from_map(dm: DenseMap, units: Units) -> dict:
     }
 
 
+def _coverage(sums: np.ndarray, full: np.ndarray) -> np.ndarray:
+    """``(n,)`` float32: the covered share of each unit's footprint (0 where it has none)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(full > 0, sums[:, -1] / full, 0.0).astype(np.float32)
+
+
+def _warn_uncovered(none: np.ndarray, name: str) -> None:
+    if none.any():
+        log.warning(
+            "%d of %d %s have no predicted map cell under them (no tissue there); "
+            "their predictions are NaN",
+            int(none.sum()),
+            len(none),
+            name,
+        )
+
+
 def _to_anndata(dm: DenseMap, units: Units, sums, full, drop_uncovered: bool) -> ad.AnnData:
     n_genes = len(dm.genes)
     X = finish_units(sums, dm.mode, n_genes, scale=float(dm.normalization.get("scale", 1.0)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        coverage = np.where(full > 0, sums[:, -1] / full, 0.0).astype(np.float32)
+    coverage = _coverage(sums, full)
     none = coverage <= 0
-    if none.any():
-        if drop_uncovered:
-            keep = ~none
-            units, X, coverage = units.subset(keep), X[keep], coverage[keep]
-        else:
-            log.warning(
-                "%d of %d %s have no predicted map cell under them (no tissue there); "
-                "their predictions are NaN",
-                int(none.sum()),
-                len(none),
-                units.name,
-            )
+    if drop_uncovered and none.any():
+        keep = ~none
+        units, X, coverage = units.subset(keep), X[keep], coverage[keep]
+    elif not drop_uncovered:
+        _warn_uncovered(none, units.name)
     return units.to_anndata(
         X,
         genes=list(dm.genes),
         uns=_uns_from_map(dm, units),
         obs={"map_coverage": coverage},
     )
+
+
+def _drops(drop_uncovered: bool | Sequence[bool], n: int) -> list[bool]:
+    drops = (
+        [bool(drop_uncovered)] * n
+        if isinstance(drop_uncovered, bool)
+        else [bool(d) for d in drop_uncovered]
+    )
+    if len(drops) != n:
+        raise ConfigError(
+            f"drop_uncovered has {len(drops)} values for {n} unit sets; give one for all or one "
+            "per set."
+        )
+    return drops
 
 
 def aggregate_geometries(
@@ -528,16 +554,7 @@ def aggregate_geometries(
         and each set's sums are freed once its AnnData is made.
     """
     unit_sets = list(unit_sets)
-    drops = (
-        [bool(drop_uncovered)] * len(unit_sets)
-        if isinstance(drop_uncovered, bool)
-        else [bool(d) for d in drop_uncovered]
-    )
-    if len(drops) != len(unit_sets):
-        raise ConfigError(
-            f"drop_uncovered has {len(drops)} values for {len(unit_sets)} unit sets; give one "
-            "for all or one per set."
-        )
+    drops = _drops(drop_uncovered, len(unit_sets))
 
     def each():
         results = _sums_pass(dm, unit_sets, memory_mb, progress)
@@ -575,6 +592,246 @@ def aggregate_units(
     """
     sums, full = unit_sums(dm, units, memory_mb=memory_mb, progress=progress)
     return _to_anndata(dm, units, sums, full, drop_uncovered)
+
+
+UNITS_MB = 1024.0
+"""Default bound on the sums and predictions :func:`write_geometries` holds at once."""
+
+
+def gene_columns(genes: Sequence[str] | None, available: Sequence[str], source: str) -> list[int]:
+    """Indices of ``genes`` among ``available``, in the order given (all when ``genes`` is empty).
+
+    Raises:
+        DataMismatchError: a gene that is not predicted (the message names some that are).
+    """
+    available = [str(g) for g in available]
+    if not genes:
+        return list(range(len(available)))
+    where = {g: i for i, g in enumerate(available)}
+    missing = [g for g in genes if g not in where]
+    if missing:
+        raise DataMismatchError(
+            f"gene(s) {missing[:5]} are not predicted by {source} ({len(available)} genes, e.g. "
+            f"{available[:5]}); check --genes."
+        )
+    return [where[g] for g in genes]
+
+
+class _CoverageOnly:
+    """A map's coverage read as a map without channels: a pass over it sums covered pixels
+    alone (which units have a predicted cell under them), reading no values."""
+
+    def __init__(self, dm: DenseMap):
+        self._dm = dm
+        self.shape = (*dm.shape[:2], 0)
+        self.chunks = dm.chunks
+        self.stride, self.slide_mpp, self.model_mpp = dm.stride, dm.slide_mpp, dm.model_mpp
+
+    def read(self, y0: int, y1: int, x0: int, x1: int, *, dtype=np.float16):
+        cov = self._dm.read_coverage(y0, y1, x0, x1)
+        return np.zeros((*cov.shape, 0), dtype=dtype), cov
+
+
+def _unit_groups(dm: DenseMap, unit_sets: Sequence[Units], budget_bytes: float):
+    """Units grouped by the map chunk their centre falls in, chunks in reading order, cut into
+    groups whose sums and predictions stay within ``budget_bytes``.
+
+    Returns:
+        ``groups[s][g]``: the sorted indices of set ``s`` in group ``g`` (every set has the same
+        number of groups, some of them empty).
+    """
+    H, W, C = dm.shape
+    ch_y, ch_x = dm.chunks[:2]
+    ny, nx = -(-H // ch_y), -(-W // ch_x)
+    cost = np.zeros(ny * nx)
+    keys = []
+    for units in unit_sets:
+        c = units.centers_model_px(dm.slide_mpp, dm.model_mpp) / dm.stride  # map cells, (x, y)
+        c = np.nan_to_num(c)
+        ky = np.clip(np.floor(c[:, 1] / ch_y), 0, ny - 1).astype(np.int64)
+        kx = np.clip(np.floor(c[:, 0] / ch_x), 0, nx - 1).astype(np.int64)
+        key = ky * nx + kx
+        # sums (float32 for squares, float64 otherwise), then float32 predictions
+        per_unit = (C + 1) * (4 if units.kind == K.SQUARE else 8) + 4 * C
+        cost += np.bincount(key, minlength=ny * nx) * per_unit
+        keys.append(key)
+    group = np.zeros(ny * nx, dtype=np.int64)
+    g, run = 0, 0.0
+    for i, c in enumerate(cost.tolist()):
+        if run and run + c > budget_bytes:
+            g, run = g + 1, 0.0
+        group[i] = g
+        run += c
+    n_groups = g + 1
+    out = []
+    for key in keys:
+        ug = group[key]
+        order = np.argsort(ug, kind="stable")
+        bounds = np.searchsorted(ug[order], np.arange(n_groups + 1))
+        out.append([order[bounds[i] : bounds[i + 1]] for i in range(n_groups)])
+    return out
+
+
+class _H5adRows:
+    """An ``.h5ad`` file whose ``X`` is written a block of rows at a time, the rest at the end.
+
+    ``X`` is a contiguous float32 dataset as anndata writes one (``encoding-type`` ``array``),
+    so that any rows can be written where they belong; obs, var, obsm, uns and the empty
+    groups follow anndata's on-disk layout (written by ``anndata.io.write_elem``).
+    """
+
+    def __init__(self, path: Path, n_rows: int, n_cols: int):
+        import h5py
+
+        self.f = h5py.File(path, "w")
+        self.X = self.f.create_dataset("X", shape=(n_rows, n_cols), dtype="float32")
+        self.X.attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        """Write ``values[k]`` to row ``rows[k]`` (increasing), one write per run of rows."""
+        if not len(rows):
+            return
+        cut = np.flatnonzero(np.diff(rows) != 1) + 1
+        for a, b in zip(np.r_[0, cut].tolist(), np.r_[cut, len(rows)].tolist(), strict=True):
+            r = int(rows[a])
+            self.X[r : r + (b - a)] = values[a:b]
+
+    def finish(self, adata: ad.AnnData) -> None:
+        """Write everything of ``adata`` but ``X`` (which must be ``None``) and close."""
+        from anndata.io import write_elem
+
+        f = self.f
+        f.attrs.update({"encoding-type": "anndata", "encoding-version": "0.1.0"})
+        write_elem(f, "obs", adata.obs)
+        write_elem(f, "var", adata.var)
+        for key in ("obsm", "varm", "obsp", "varp", "layers", "uns"):
+            write_elem(f, key, dict(getattr(adata, key)))
+        f.close()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def write_geometries(
+    dm: DenseMap,
+    unit_sets: Sequence[Units],
+    paths: Sequence[str | Path],
+    *,
+    genes: Sequence[str] | None = None,
+    memory_mb: float = 512.0,
+    units_mb: float = UNITS_MB,
+    drop_uncovered: bool | Sequence[bool] = False,
+    decorate: Callable[[ad.AnnData], None] | None = None,
+    progress: bool = True,
+) -> list[int]:
+    """Predict several unit sets into one ``.h5ad`` each, in memory bounded by ``units_mb``
+    whatever their number (10 million 2 µm bins of a Visium HD capture area hold 21 GB of sums
+    and predictions at 250 genes).
+
+    The units are grouped by the map chunk their centres fall in, chunks in reading order,
+    into groups whose sums and predictions fit ``units_mb``; each group is one pass over the
+    map windows its units touch (:func:`aggregate_geometries` for that group), and its
+    predictions go straight into the files' ``X`` at their rows. The files hold what
+    :func:`aggregate_geometries` gives (rows in the units' order), each written through a
+    temporary name and renamed when complete. With one group (the sets fit) there is one pass,
+    as in :func:`aggregate_geometries`. With several, the sets that drop uncovered units get a
+    first pass over the map's coverage alone, which tells their rows before any is written.
+
+    Args:
+        dm: the map.
+        unit_sets, drop_uncovered: as in :func:`aggregate_geometries`.
+        paths: one ``.h5ad`` per set.
+        genes: keep only these genes, in this order (default all).
+        memory_mb: rough bound on one map block's memory (as in :func:`unit_sums`).
+        units_mb: rough bound on the sums and predictions of the units of one group.
+        decorate: called on each set's AnnData (``X`` left out) before it is written, e.g. to
+            add ``uns`` entries.
+        progress: progress bar over blocks (one pass) or groups (several).
+
+    Returns:
+        the number of units written per set.
+
+    Raises:
+        DataMismatchError: a gene in ``genes`` that the map does not predict.
+    """
+    unit_sets, paths = list(unit_sets), [Path(p) for p in paths]
+    if len(paths) != len(unit_sets):
+        raise ConfigError(f"{len(paths)} paths for {len(unit_sets)} unit sets; give one per set.")
+    drops = _drops(drop_uncovered, len(unit_sets))
+    cols = gene_columns(genes, dm.genes, "this map")
+    every = cols == list(range(len(dm.genes)))
+    groups = _unit_groups(dm, unit_sets, float(units_mb) * 2**20)
+    n_groups = len(groups[0]) if groups else 0
+    scale = float(dm.normalization.get("scale", 1.0))
+    keeps: list[np.ndarray | None] = [None] * len(unit_sets)
+    if n_groups > 1 and any(drops):
+        kept = [u for u, d in zip(unit_sets, drops, strict=True) if d]
+        res = iter(_sums_pass(_CoverageOnly(dm), kept, memory_mb, progress=False))
+        for i, d in enumerate(drops):
+            if d:
+                sums, full = next(res)
+                keeps[i] = _coverage(sums, full) > 0
+    coverage = [np.zeros(len(u), dtype=np.float32) for u in unit_sets]
+    counts = []
+    with ExitStack() as stack:
+        tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+        writers: list[_H5adRows | None] = [None] * len(unit_sets)
+        rank: list[np.ndarray | None] = [None] * len(unit_sets)
+
+        def writer(i: int) -> _H5adRows:
+            if writers[i] is None:
+                n = len(unit_sets[i]) if keeps[i] is None else int(keeps[i].sum())
+                writers[i] = _H5adRows(tmps[i], n, len(cols))
+                stack.callback(writers[i].close)  # closed if anything fails
+                if keeps[i] is not None:
+                    rank[i] = np.cumsum(keeps[i]) - 1
+            return writers[i]
+
+        bar = tqdm(
+            total=n_groups, desc="aggregating in groups", unit="group",
+            disable=not progress or n_groups < 2, leave=False,
+        )  # fmt: skip
+        with bar:
+            for g in range(n_groups):
+                part = [(i, grp[g]) for i, grp in enumerate(groups) if len(grp[g])]
+                if part:
+                    subsets = [unit_sets[i].subset(idx) for i, idx in part]
+                    res = _sums_pass(dm, subsets, memory_mb, progress and n_groups == 1)
+                for (i, idx), (sums, full) in zip(part, res if part else [], strict=True):
+                    X = finish_units(sums, dm.mode, len(dm.genes), scale=scale)
+                    X = X if every else X[:, cols]
+                    cov = coverage[i][idx] = _coverage(sums, full)
+                    del sums, full
+                    if drops[i] and keeps[i] is None:  # one group: this pass tells
+                        keeps[i] = coverage[i] > 0
+                    w = writer(i)
+                    if keeps[i] is None:
+                        w.put(idx, X)
+                    else:
+                        k = cov > 0
+                        w.put(rank[i][idx[k]], X[k])
+                    del X
+                res = None
+                bar.update(1)
+        for i, units in enumerate(unit_sets):
+            cov = coverage[i]
+            if drops[i]:
+                keep = keeps[i] if keeps[i] is not None else cov > 0
+                units, cov = (units.subset(keep), cov[keep]) if not keep.all() else (units, cov)
+            else:
+                _warn_uncovered(cov <= 0, units.name)
+            w = writer(i)
+            a = units.to_anndata(
+                None,
+                genes=[dm.genes[c] for c in cols],
+                uns=_uns_from_map(dm, units),
+                obs={"map_coverage": cov},
+            )
+            if decorate is not None:
+                decorate(a)
+            w.finish(a)
+            counts.append(len(units))
+    return counts
 
 
 def write_h5ad_atomic(adata: ad.AnnData, path: str | Path) -> Path:

@@ -139,14 +139,21 @@ class DenseMap:
             vals = self._group["map"][y0:y1, x0:x1].astype(dtype, copy=False)
             return vals, np.asarray(self._group["coverage"][y0:y1, x0:x1], dtype=bool)
         vals = np.full((y1 - y0, x1 - x0, C), np.nan, dtype=dtype)
-        cov = np.zeros((y1 - y0, x1 - x0), dtype=bool)
         cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
         if cy1 > cy0 and cx1 > cx0:
             vals[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._group["map"][cy0:cy1, cx0:cx1]
+        return vals, self.read_coverage(y0, y1, x0, x1)
+
+    def read_coverage(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``(h, w)`` bool: which of cells ``[y0:y1, x0:x1]`` were predicted (False outside)."""
+        H, W = self.shape[:2]
+        cov = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
+        if cy1 > cy0 and cx1 > cx0:
             cov[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = self._group["coverage"][
                 cy0:cy1, cx0:cx1
             ]
-        return vals, cov
+        return cov
 
     def write(self, y0: int, x0: int, values: np.ndarray) -> None:
         """Write ``(h, w, C)`` values at map cell ``(y0, x0)`` and mark them covered."""

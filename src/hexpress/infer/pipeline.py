@@ -27,7 +27,7 @@ from hexpress import _keys as K
 from hexpress._files import write_json
 from hexpress.data.stain import stain_normalized
 from hexpress.errors import DataMismatchError, OutputExistsError
-from hexpress.infer.aggregate_disk import aggregate_geometries, write_h5ad_atomic
+from hexpress.infer.aggregate_disk import gene_columns, write_geometries, write_h5ad_atomic
 from hexpress.infer.engine import ModelInfo, model_info, predict_slide
 from hexpress.infer.patch_engine import predict_patches
 from hexpress.infer.preview import write_previews
@@ -149,13 +149,9 @@ def _geometries(slide: SlideImage, opts: PredictOptions, tissue) -> list[tuple[U
 def _select_genes(adata, genes: Sequence[str] | None, source: str):
     if not genes:
         return adata
-    missing = [g for g in genes if g not in adata.var_names]
-    if missing:
-        raise DataMismatchError(
-            f"gene(s) {missing[:5]} are not predicted by {source} ({adata.n_vars} genes, e.g. "
-            f"{list(adata.var_names[:5])}); check --genes."
-        )
-    return adata[:, list(genes)].copy()
+    return adata[
+        :, [adata.var_names[i] for i in gene_columns(genes, adata.var_names, source)]
+    ].copy()
 
 
 def _prepare_dir(out_dir: Path, overwrite: bool) -> None:
@@ -192,6 +188,7 @@ def predict_one(
     )
     slide = stain_normalized(slide, info.stain)  # the checkpoint's stain normalisation, if any
     tissue = detect_tissue(slide) if opts.detect_tissue else None
+    gene_columns(opts.genes, info.genes, "this checkpoint")  # before any work
     geometries = _geometries(slide, opts, tissue)
     for u in units:
         geometries.append((keep_inside(u, slide.width, slide.height, source=u.name), False))
@@ -207,33 +204,39 @@ def predict_one(
         )  # fmt: skip
         files.append("map.zarr")
     t_map = time.perf_counter() - t0
-    thumbs = None
     library = Path(slide.path).stem if slide.path is not None else "slide"
-    # every geometry from one pass over the map (each chunk read once), one AnnData at a time
-    dense = None
+    thumbs = []
+
+    def add_spatial(a) -> None:  # every file gets scanpy's uns["spatial"]
+        if not thumbs:  # once per slide
+            thumbs.extend((slide.thumbnail(HIRES_MAX_SIDE), slide.thumbnail(LOWRES_MAX_SIDE)))
+        sizes = a.obs[K.SIZE_UM].to_numpy(float) if K.SIZE_UM in a.obs else []
+        a.uns[K.SPATIAL] = spatial_uns(slide, sizes, library, thumbnails=tuple(thumbs))
+
+    names = [f"{u.name}.h5ad" for u, _ in geometries]
     if dm is not None:
-        dense = aggregate_geometries(
-            dm, [u for u, _ in geometries], memory_mb=opts.memory_mb,
-            drop_uncovered=[drop for _, drop in geometries], progress=opts.progress,
+        # every geometry from one pass over the map (each chunk read once) while they fit in
+        # memory, in groups of units otherwise; predictions go straight into the files
+        n_obs = write_geometries(
+            dm, [u for u, _ in geometries], [out_dir / n for n in names], genes=opts.genes,
+            memory_mb=opts.memory_mb, drop_uncovered=[drop for _, drop in geometries],
+            decorate=add_spatial, progress=opts.progress,
         )  # fmt: skip
-    for u, _drop in geometries:
-        if dense is not None:
-            a = next(dense)
-        else:
+    else:
+        n_obs = []
+        for u, _drop in geometries:
             a = predict_patches(
                 slide, info, u, batch_size=opts.batch_size, device=opts.device,
                 precision=opts.precision, tta=opts.tta, progress=opts.progress,
             )  # fmt: skip
-        a = _select_genes(a, opts.genes, "this checkpoint")
-        if thumbs is None:  # once per slide: every file gets scanpy's uns["spatial"]
-            thumbs = (slide.thumbnail(HIRES_MAX_SIDE), slide.thumbnail(LOWRES_MAX_SIDE))
-        sizes = a.obs[K.SIZE_UM].to_numpy(float) if K.SIZE_UM in a.obs else []
-        a.uns[K.SPATIAL] = spatial_uns(slide, sizes, library, thumbnails=thumbs)
-        name = f"{u.name}.h5ad"
-        write_h5ad_atomic(a, out_dir / name)
+            a = _select_genes(a, opts.genes, "this checkpoint")
+            add_spatial(a)
+            write_h5ad_atomic(a, out_dir / f"{u.name}.h5ad")
+            n_obs.append(int(a.n_obs))
+    for (u, _drop), name, n in zip(geometries, names, n_obs, strict=True):
         files.append(name)
-        units[u.name] = int(a.n_obs)
-        log.info("%s: %d %s written to %s", slide, a.n_obs, u.name, out_dir / name)
+        units[u.name] = int(n)
+        log.info("%s: %d %s written to %s", slide, n, u.name, out_dir / name)
     if opts.preview and dm is not None:
         for p in write_previews(dm, slide, list(opts.preview), out_dir):
             files.append(p.name)
