@@ -78,3 +78,13 @@ def test_torchrun_rank_takes_every_world_size_th_slide(workdir, tmp_path, monkey
     slides = [workdir / "slide.tif", tmp_path / "b.tif", tmp_path / "c.tif"]
     summaries = predict_slides(slides, info, tmp_path / "o", opts)
     assert [s["slide"] for s in summaries] == [str(tmp_path / "b.tif")]
+
+
+def test_unknown_genes_are_refused_before_the_map(workdir, tmp_path):
+    from hexpress.errors import DataMismatchError
+
+    info = load_model_info(workdir / "ckpt" / "model")
+    opts = PredictOptions(bins_um=[16], genes=["NOPE"], progress=False, tile_px=512)
+    with pytest.raises(DataMismatchError, match="NOPE"):
+        predict_slides([workdir / "slide.tif"], info, tmp_path / "o", opts)
+    assert not (tmp_path / "o" / "slide" / "map.zarr").exists()
