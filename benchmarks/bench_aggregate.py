@@ -194,7 +194,7 @@ def main() -> None:
     how.add_argument(
         "--files-in-memory", action="store_true", help="into .h5ad files, each made in memory"
     )
-    p.add_argument("--units-mb", type=float, default=1024.0, help="--files: sums held at once")
+    p.add_argument("--units-mb", type=float, default=512.0, help="--files: sums held at once")
     p.add_argument("--map", default=None, help="keep the map here (and reuse it)")
     p.add_argument("--workdir", default=None, help="where a temporary map goes")
     args = p.parse_args()

@@ -4,8 +4,11 @@ Each slide is a pyramidal JPEG-tiled TIFF written tile by tile (never whole in m
 cheap H&E-like texture: an elliptical tissue region (pink, with purple "nuclei" dots) on white
 glass. Each prediction runs in a fresh subprocess that reports its peak resident memory
 (``VmHWM``): tissue detection, tiled prediction of the dense map (tiles without tissue are
-skipped), and aggregation of 16 µm bins from the on-disk map; ``peak_rss_mb_map`` is the peak
-before the aggregation, ``peak_rss_mb`` the peak of the whole run.
+skipped), and the 16 µm bins aggregated from the on-disk map into their ``.h5ad``, as
+``hexpress predict`` writes them (:func:`hexpress.infer.write_geometries`; ``--aggregate
+memory``: the AnnData made in memory first, then written, the earlier way);
+``peak_rss_mb_map`` is the peak before the aggregation, ``peak_rss_mb`` the peak of the whole
+run.
 
 The model is the untrained ``test_pixnet`` (stride 4) at ``model_mpp`` 2 µm/px, so the 40k run
 (0.5 µm/px slide, 20 x 20 mm) finishes in minutes on 2 CPU cores; memory is bounded by tile and
@@ -15,7 +18,7 @@ measures the real model at the engine's default tile (at most 3072 px, 2048 px w
 
 Usage: ``python benchmarks/bench_infer_memory.py [--sizes 10000,40000] [--workdir DIR]
 [--model test_pixnet] [--tile-px 1024|default] [--batch-size 4] [--genes 16]
-[--runtime torch|onnx|openvino]``.
+[--runtime torch|onnx|openvino] [--aggregate files|memory]``.
 Prints one JSON object.
 """
 
@@ -86,12 +89,19 @@ def write_slide(path: Path, size: int) -> Path:
 
 
 def child(
-    slide: str, out: str, model_name: str, tile: str, batch: str, genes: str, runtime: str
+    slide: str,
+    out: str,
+    model_name: str,
+    tile: str,
+    batch: str,
+    genes: str,
+    runtime: str,
+    aggregate: str,
 ) -> None:
     """Predict one slide (in its own process) and print the JSON of its peak memory."""
     import torch
 
-    from hexpress.infer import ModelInfo, aggregate_units, detect_tissue, grid_bins, predict_slide
+    from hexpress import infer
     from hexpress.io import open_image
     from hexpress.models import create_model
 
@@ -100,10 +110,12 @@ def child(
     t0 = time.perf_counter()
     n_genes = int(genes)
     model = create_model(model_name, n_genes=n_genes).eval()
-    info = ModelInfo(model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(n_genes)]})
+    info = infer.ModelInfo(
+        model, {"model_mpp": MODEL_MPP, "genes": [f"g{i}" for i in range(n_genes)]}
+    )
     img = open_image(slide)
-    tissue = detect_tissue(img)
-    dm = predict_slide(
+    tissue = infer.detect_tissue(img)
+    dm = infer.predict_slide(
         img, info, Path(out) / "map.zarr", tile_px=None if tile == "default" else int(tile),
         batch_size=int(batch), tissue=tissue, runtime=runtime,
         progress=False,
@@ -115,8 +127,15 @@ def child(
             return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
 
     map_kb = hwm_kb()
-    bins = grid_bins(img.width, img.height, img.mpp, 16.0, tissue=tissue)
-    a = aggregate_units(dm, bins, progress=False, drop_uncovered=True)
+    bins = infer.grid_bins(img.width, img.height, img.mpp, 16.0, tissue=tissue)
+    path = Path(out) / "bins_016um.h5ad"
+    if aggregate == "files":  # as hexpress predict writes them
+        [n_bins] = infer.write_geometries(dm, [bins], [path], drop_uncovered=True, progress=False)
+    else:  # the AnnData made in memory, then written
+        a = infer.aggregate_units(dm, bins, progress=False, drop_uncovered=True)
+        infer.write_h5ad_atomic(a, path)
+        n_bins = a.n_obs
+        del a
     print(
         json.dumps(
             {
@@ -126,7 +145,8 @@ def child(
                 "map_cells": list(dm.shape[:2]),
                 "tiles_run": dm.attrs["n_tiles_run"],
                 "tiles_total": len(dm.tiles_done()),
-                "bins_16um": int(a.n_obs),
+                "bins_16um": int(n_bins),
+                "aggregate": aggregate,
                 "seconds_map": round(t_map, 1),
                 "seconds_total": round(time.perf_counter() - t0, 1),
                 "peak_rss_mb_map": round(map_kb / 1024, 1),
@@ -145,7 +165,11 @@ def main() -> None:
     p.add_argument("--batch-size", default="4")
     p.add_argument("--genes", default="16", help="output genes of the model")
     p.add_argument("--runtime", default="torch", help="torch, onnx or openvino (their extras)")
-    p.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--aggregate", default="files", choices=("files", "memory"),
+        help="16 µm bins into their .h5ad as predict writes them (files), or made in memory first",
+    )  # fmt: skip
+    p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child)
@@ -161,7 +185,7 @@ def main() -> None:
         t_write = time.perf_counter() - t0
         out = work / f"out_{size}"
         cmd = [sys.executable, __file__, "--child", str(slide), str(out), args.model,
-               args.tile_px, args.batch_size, args.genes, args.runtime]  # fmt: skip
+               args.tile_px, args.batch_size, args.genes, args.runtime, args.aggregate]  # fmt: skip
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         res = json.loads(proc.stdout.strip().splitlines()[-1])
         res["seconds_write_slide"] = round(t_write, 1)
@@ -172,6 +196,7 @@ def main() -> None:
         "benchmark": "infer_memory",
         "model": f"{args.model} (untrained decoder, stride 4, {args.genes} genes)",
         "runtime": args.runtime,
+        "aggregate": args.aggregate,
         "slide_mpp": SLIDE_MPP,
         "model_mpp": MODEL_MPP,
         "tile_px": args.tile_px,

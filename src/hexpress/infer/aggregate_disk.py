@@ -594,7 +594,7 @@ def aggregate_units(
     return _to_anndata(dm, units, sums, full, drop_uncovered)
 
 
-UNITS_MB = 1024.0
+UNITS_MB = 512.0
 """Default bound on the sums and predictions :func:`write_geometries` holds at once."""
 
 
