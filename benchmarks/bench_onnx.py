@@ -7,8 +7,11 @@ or the largest aligned margin that leaves a core of half the tile where the tile
 for it), and times on the same input tile:
 
 * ``torch``: :func:`hexpress.infer.engine.predict_tiles`'s path, a copy of the model with batch
-  norms folded, :func:`hexpress._device.prepare_model` (channels-last), a channels-last input
-  (an NHWC tile permuted), :func:`torch.inference_mode`, ``region`` = the tile's core cells;
+  norms folded and stride-2 "same" convolutions unpadded
+  (:func:`hexpress.models.fuse.torch_inference_copy`), :func:`hexpress._device.prepare_model`
+  (channels-last), a channels-last input (an NHWC tile permuted), :func:`torch.inference_mode`,
+  ``region`` = the tile's core cells; ``torch_padded_same``: the same with batch norms folded
+  only (timm's stride-2 "same" convolutions pad their whole input), the earlier path;
 * ``ort_<level>``: the same folded model exported to ONNX for this tile side and core
   (:func:`hexpress.infer.onnx_export.export_onnx`) and run by ONNX Runtime's CPU execution
   provider at each graph optimisation level of ``--levels`` (``extended``: fusions, NCHW;
@@ -59,7 +62,7 @@ from hexpress.infer.onnx_export import (
     ort_session,
 )
 from hexpress.models import create_model
-from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.fuse import fold_batchnorms, torch_inference_copy
 from hexpress.models.pixnet import DFFN
 
 
@@ -101,7 +104,7 @@ def bench_tile(args, model, tile_px: int, speed) -> dict:
     gen = torch.Generator().manual_seed(0)
     # an NHWC tile permuted to NCHW: channels-last strides, as predict_tiles hands it over
     x = torch.rand(1, grid.tile_px, grid.tile_px, 3, generator=gen).permute(0, 3, 1, 2)
-    net = prepare_model(fold_batchnorms(model), torch.device("cpu"))
+    net = prepare_model(torch_inference_copy(model), torch.device("cpu"))
 
     def run_torch():
         with torch.inference_mode():
@@ -119,6 +122,19 @@ def bench_tile(args, model, tile_px: int, speed) -> dict:
         "torch": {"seconds_per_tile": round(t_torch, 4),
                   "gflop_per_s": round(flop / t_torch / 1e9, 2)},
     }  # fmt: skip
+    # the torch path before the stride-2 "same" convolutions lost their full pad
+    folded = prepare_model(fold_batchnorms(model), torch.device("cpu"))
+
+    def run_folded():
+        with torch.inference_mode():
+            return dense_forward(folded, x, region=region).numpy()
+
+    t_folded, y_folded = _median_seconds(run_folded, args.repeats)
+    out["torch_padded_same"] = {
+        "seconds_per_tile": round(t_folded, 4),
+        "torch_speedup_over_it": round(t_folded / t_torch, 3),
+        "max_abs_dev": float(np.abs(y_folded - ref).max()),
+    }
     print(json.dumps({"tile_px": tile_px, "torch": out["torch"]}), file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     exported = _whole_dffn(model) if args.whole_dffn else model

@@ -1,4 +1,5 @@
-"""Forward cost of a patch baseline alone: plain, batch norms folded, channels-last, and plain
+"""Forward cost of a patch baseline alone: plain, batch norms folded, channels-last, as the patch
+engine runs it (folded, unpadded stride-2 "same" convolutions, channels-last), and plain
 beside a busy Python thread; with the machine's float32 matmul rate for scale.
 
 Weights are untrained (speed does not depend on them). Usage::
@@ -19,8 +20,9 @@ import time
 import numpy as np
 import torch
 
+from hexpress._device import prepare_model
 from hexpress.models import create_model
-from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.fuse import fold_batchnorms, torch_inference_copy
 
 
 def _ms_per_crop(model: torch.nn.Module, x: torch.Tensor, repeats: int) -> float:
@@ -64,6 +66,13 @@ def main() -> None:
     cl = fresh().to(memory_format=torch.channels_last)
     out["channels_last_ms"] = _ms_per_crop(cl, x.to(memory_format=torch.channels_last),
                                            args.repeats)  # fmt: skip
+    folded_cl = prepare_model(fold_batchnorms(fresh()), torch.device("cpu"))
+    out["folded_channels_last_ms"] = _ms_per_crop(
+        folded_cl, x.to(memory_format=torch.channels_last), args.repeats
+    )
+    # as the patch engine runs it: folded, stride-2 "same" convolutions unpadded, channels-last
+    engine = prepare_model(torch_inference_copy(fresh()), torch.device("cpu"))
+    out["engine_ms"] = _ms_per_crop(engine, x.to(memory_format=torch.channels_last), args.repeats)
     stop = threading.Event()
 
     def busy() -> None:

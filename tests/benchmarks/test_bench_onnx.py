@@ -30,6 +30,8 @@ def test_tiny_tile_reports_torch_and_each_level():
     assert tile["region_cells"] == [8, 8, 24, 24] and tile["output_shape"] == [1, 5, 16, 16]
     for key in ("torch", "ort_extended", "ort_all"):
         assert tile[key]["seconds_per_tile"] > 0 and tile[key]["over_matmul"] > 0, key
+    padded = tile["torch_padded_same"]  # the earlier torch path, in the same process
+    assert padded["seconds_per_tile"] > 0 and padded["max_abs_dev"] < 1e-4
     for key in ("ort_extended", "ort_all"):
         assert tile[key]["max_abs_dev_over_std"] < 1e-4, key
         assert tile[key]["speedup_over_torch"] > 0, key

@@ -18,5 +18,7 @@ def test_tiny_run_reports_every_case():
     out = json.loads(r.stdout)
     assert out["model"] == "test_patch" and out["batch"] == 2 and out["input_px"] == 32
     assert out["threads"] == 1 and out["matmul_gflops"] > 0
-    for case in ("plain_ms", "folded_ms", "channels_last_ms", "plain_beside_busy_thread_ms"):
+    cases = ("plain_ms", "folded_ms", "channels_last_ms", "folded_channels_last_ms", "engine_ms",
+             "plain_beside_busy_thread_ms")  # fmt: skip
+    for case in cases:
         assert out[case] > 0, case

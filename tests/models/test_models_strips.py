@@ -10,7 +10,7 @@ import torch
 from hexpress._device import prepare_model
 from hexpress.models import create_model
 from hexpress.models.encoders import _plan_strips, create_encoder
-from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.fuse import torch_inference_copy
 from hexpress.models.pixnet import DFFN
 
 H, W = 288, 320  # not a multiple of the strips below: the last strip is shorter
@@ -21,7 +21,7 @@ def lite0():
     """PixNet-Lite0 (random weights, 7 genes) prepared as the inference engine runs it."""
     torch.manual_seed(0)
     model = create_model("pixnet_lite0", n_genes=7, pretrained=False).eval()
-    return prepare_model(fold_batchnorms(model), torch.device("cpu"))
+    return prepare_model(torch_inference_copy(model), torch.device("cpu"))
 
 
 def _input(seed: int = 1) -> torch.Tensor:

@@ -43,7 +43,7 @@ from hexpress.infer.tiling import (
 )
 from hexpress.infer.tissue import TissueMask, detect_tissue
 from hexpress.io.image import SlideImage
-from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.fuse import torch_inference_copy
 from hexpress.models.tta import dense_tta
 
 __all__ = [
@@ -265,9 +265,10 @@ def tile_net(
 ) -> Callable[..., torch.Tensor]:
     """What :func:`predict_tiles` runs on each tile of ``grid``, called as the model is.
 
-    ``"torch"``: a copy of the model with its batch norms folded
-    (:func:`hexpress.models.fuse.fold_batchnorms`), on ``device``, channels-last
-    (:func:`hexpress._device.prepare_model`). ``"onnx"``: that model exported once for the
+    ``"torch"``: a copy of the model with its batch norms folded and its stride-2 "same"
+    convolutions unpadded (:func:`hexpress.models.fuse.torch_inference_copy`), on ``device``,
+    channels-last (:func:`hexpress._device.prepare_model`). ``"onnx"``: the model with its
+    batch norms folded (:func:`hexpress.models.fuse.fold_batchnorms`), exported once for the
     grid's tile side and core region (``exporter``, see
     :func:`hexpress.infer.onnx_export.export_onnx`) and run by ONNX Runtime on the CPU with
     torch's thread count (:class:`hexpress.infer.onnx_export.OnnxTileNet`); ``"openvino"``:
@@ -275,7 +276,7 @@ def tile_net(
     """
     dev = runtime_device(runtime, device, exporter=exporter)
     if runtime == "torch":
-        return prepare_model(fold_batchnorms(info.model), dev)
+        return prepare_model(torch_inference_copy(info.model), dev)
     from hexpress.infer.onnx_export import OnnxTileNet
 
     t0 = time.perf_counter()
@@ -318,7 +319,7 @@ def predict_tiles(
     Three stages overlap: a background thread reads (and decodes) the next batch of tiles into
     pinned memory while the model runs on this one, and another writes the previous batch's
     cores to the zarr map. The model runs as a copy with its batch norms folded into its
-    convolutions (:func:`hexpress.models.fuse.fold_batchnorms`), in inference mode with
+    convolutions (:func:`hexpress.models.fuse.torch_inference_copy`), in inference mode with
     channels-last tensors, under
     autocast on GPUs (``precision``, see :func:`hexpress._device.autocast_dtype`); models that
     accept a ``region`` (PixNet) compute their decoder on the core only. With

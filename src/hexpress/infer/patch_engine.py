@@ -22,7 +22,7 @@ from hexpress.errors import CheckpointError
 from hexpress.infer.engine import ModelInfo
 from hexpress.infer.units import Units
 from hexpress.io.image import SlideImage
-from hexpress.models.fuse import fold_batchnorms
+from hexpress.models.fuse import torch_inference_copy
 from hexpress.models.tta import tta_predict
 
 __all__ = ["predict_patches", "patch_forward"]
@@ -71,7 +71,7 @@ def predict_patches(
             "incomplete; predict with a dense model or retrain the baseline."
         )
     device = resolve_device(device)
-    model = prepare_model(fold_batchnorms(info.model), device)
+    model = prepare_model(torch_inference_copy(info.model), device)
     dtype = autocast_dtype(device, precision)
     side = max(1, round(float(info.patch_um) / info.model_mpp))
     centers = units.centers_model_px(slide.mpp, info.model_mpp)
