@@ -120,14 +120,14 @@ def child(args) -> dict:
     if args.trace:
         import hexpress.infer.engine as engine
 
-        fold = engine.fold_batchnorms
+        copy_for_torch = engine.torch_inference_copy
 
-        def traced_fold(m):  # hooks on the folded copy that predict_tiles runs
-            folded = fold(m)
+        def traced_copy(m):  # hooks on the inference copy that predict_tiles runs
+            folded = copy_for_torch(m)
             _trace_hooks(folded, seen)
             return folded
 
-        engine.fold_batchnorms = traced_fold
+        engine.torch_inference_copy = traced_copy
     rss0, hwm0 = _rss_mb(), _peak_rss_mb()
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="hexpress_tilemem_") as tmp:
