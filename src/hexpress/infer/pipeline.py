@@ -188,7 +188,7 @@ def predict_one(
     )
     slide = stain_normalized(slide, info.stain)  # the checkpoint's stain normalisation, if any
     tissue = detect_tissue(slide) if opts.detect_tissue else None
-    gene_columns(opts.genes, info.genes, "this checkpoint")  # before any work
+    gene_columns(opts.genes, info.genes, "this checkpoint")  # before the map is predicted
     geometries = _geometries(slide, opts, tissue)
     for u in units:
         geometries.append((keep_inside(u, slide.width, slide.height, source=u.name), False))
