@@ -794,10 +794,14 @@ def write_geometries(
         with bar:
             for g in range(n_groups):
                 part = [(i, grp[g]) for i, grp in enumerate(groups) if len(grp[g])]
-                if part:
-                    subsets = [unit_sets[i].subset(idx) for i, idx in part]
-                    res = _sums_pass(dm, subsets, memory_mb, progress and n_groups == 1)
-                for (i, idx), (sums, full) in zip(part, res if part else [], strict=True):
+                # a group holding a whole set (one group: every set) sums the set itself
+                subsets = [
+                    unit_sets[i] if len(idx) == len(unit_sets[i]) else unit_sets[i].subset(idx)
+                    for i, idx in part
+                ]
+                res = _sums_pass(dm, subsets, memory_mb, progress and n_groups == 1) if part else []
+                del subsets
+                for (i, idx), (sums, full) in zip(part, res, strict=True):
                     X = finish_units(sums, dm.mode, len(dm.genes), scale=scale)
                     X = X if every else X[:, cols]
                     cov = coverage[i][idx] = _coverage(sums, full)
@@ -811,7 +815,7 @@ def write_geometries(
                         k = cov > 0
                         w.put(rank[i][idx[k]], X[k])
                     del X
-                res = None
+                del res
                 bar.update(1)
         for i, units in enumerate(unit_sets):
             cov = coverage[i]
