@@ -129,6 +129,12 @@ def test_preview_png(tmp_path, rng):
     slide = ArrayImage(he_like(240, 320), mpp=0.25)
     [png] = write_previews(dm, slide, ["G1"], tmp_path / "p", max_side=100)
     assert png.name == "preview_G1.png" and png.stat().st_size > 1000
+    # a gene the map does not hold: refused, naming it and some the map has
+    from hexpress.errors import DataMismatchError
+
+    with pytest.raises(DataMismatchError, match=r"\['NOPE'\] are not predicted.*'G0'"):
+        write_previews(dm, slide, ["G1", "NOPE"], tmp_path / "q", max_side=100)
+    assert not (tmp_path / "q").exists() or not list((tmp_path / "q").iterdir())
 
 
 def test_dense_and_patch_geometries_agree_on_ids(tmp_path, rng):

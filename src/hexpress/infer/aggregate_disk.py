@@ -598,8 +598,15 @@ UNITS_MB = 512.0
 """Default bound on the sums and predictions :func:`write_geometries` holds at once."""
 
 
-def gene_columns(genes: Sequence[str] | None, available: Sequence[str], source: str) -> list[int]:
+def gene_columns(
+    genes: Sequence[str] | None,
+    available: Sequence[str],
+    source: str,
+    *,
+    hint: str = "check --genes",
+) -> list[int]:
     """Indices of ``genes`` among ``available``, in the order given (all when ``genes`` is empty).
+    ``hint`` ends the error message (what to change).
 
     Raises:
         DataMismatchError: a gene that is not predicted (the message names some that are).
@@ -612,7 +619,7 @@ def gene_columns(genes: Sequence[str] | None, available: Sequence[str], source: 
     if missing:
         raise DataMismatchError(
             f"gene(s) {missing[:5]} are not predicted by {source} ({len(available)} genes, e.g. "
-            f"{available[:5]}); check --genes."
+            f"{available[:5]}); {hint}."
         )
     return [where[g] for g in genes]
 

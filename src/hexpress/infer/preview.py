@@ -14,7 +14,7 @@ import numpy as np
 
 from hexpress._files import write_figure
 from hexpress.data.preprocess import normalize_counts
-from hexpress.errors import DataMismatchError
+from hexpress.infer.aggregate_disk import gene_columns
 from hexpress.infer.dense_map import DenseMap
 from hexpress.io.image import SlideImage
 
@@ -53,14 +53,7 @@ def map_thumbnail(
         ``(values, factor)``: ``(h, w, len(genes))`` float32 (NaN where nothing was predicted)
         and the number of map cells averaged along each side.
     """
-    names = dm.genes
-    missing = [g for g in genes if g not in names]
-    if missing:
-        raise DataMismatchError(
-            f"gene(s) {missing} are not predicted by this model; it predicts "
-            f"{len(names)} genes, e.g. {names[:5]}."
-        )
-    idx = [names.index(g) for g in genes]
+    idx = gene_columns(genes, dm.genes, "this map", hint="ask for genes it holds") if genes else []
     H, W, _ = dm.shape
     k = max(1, math.ceil(max(H, W) / max_side))
     if block_um:
