@@ -8,7 +8,7 @@ The default, 3,250 cells of 2 µm with 251 channels, is the map of PixNet-Lite0 
 the total, stride 4 at 0.5 µm/px) over a 6.5 mm x 6.5 mm Visium HD capture area.
 
 Then every ``--bins`` bin of the region is aggregated into AnnData with all the map's genes,
-the way ``hexpress predict --bins 2,8,16`` does it: the bin sizes whose bins fit in one block
+in memory, without writing files: the bin sizes whose bins fit in one block
 together (at most ``--block-bins`` bins in all) in one pass over the map
 (:func:`hexpress.infer.aggregate_geometries`: each chunk read once for all of them). A size with
 more bins (10.6 M bins of 2 µm x 250 genes are 10.6 GB as one float32 matrix) gets a pass of its
@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from hexpress.infer import create_dense_map, grid_bins, open_dense_map
-from hexpress.infer.aggregate_disk import aggregate_units
+from hexpress.infer.aggregate_disk import UNITS_MB, aggregate_units
 
 STRIDE = 4
 MODEL_MPP = 0.5
@@ -194,7 +194,7 @@ def main() -> None:
     how.add_argument(
         "--files-in-memory", action="store_true", help="into .h5ad files, each made in memory"
     )
-    p.add_argument("--units-mb", type=float, default=512.0, help="--files: sums held at once")
+    p.add_argument("--units-mb", type=float, default=UNITS_MB, help="--files: sums held at once")
     p.add_argument("--map", default=None, help="keep the map here (and reuse it)")
     p.add_argument("--workdir", default=None, help="where a temporary map goes")
     args = p.parse_args()
