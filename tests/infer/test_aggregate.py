@@ -309,3 +309,17 @@ def test_a_failed_write_leaves_no_file(tmp_path, rng, monkeypatch):
         write_geometries(dm, sets, paths, units_mb=0.002, progress=False)
     assert len(calls) == 3
     assert not list(tmp_path.glob("*.h5ad*"))
+
+
+def test_written_files_need_one_path_and_one_flag_per_set(tmp_path, rng):
+    from hexpress.errors import ConfigError
+    from hexpress.infer import write_geometries
+
+    dm = write_map(tmp_path / "m.zarr", _map(rng, "field"))
+    sets = [grid_bins(720, 560, 0.25, 16.0)] * 2
+    with pytest.raises(ConfigError, match="1 paths for 2 unit sets"):
+        write_geometries(dm, sets, [tmp_path / "a.h5ad"], progress=False)
+    with pytest.raises(ConfigError, match="2 unit sets"):
+        paths = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
+        write_geometries(dm, sets, paths, drop_uncovered=[True], progress=False)
+    assert not list(tmp_path.glob("*.h5ad*"))
