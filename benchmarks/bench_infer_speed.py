@@ -100,14 +100,65 @@ def matmul_gflops(n: int = 2048, min_s: float = 1.0) -> float:
 
 def count_flops(model: torch.nn.Module, side: int, region=None) -> int:
     """FLOPs of one forward pass on a ``side`` x ``side`` input, counted on the meta device."""
+    return call_flops(model, [(3, side, side)], **({} if region is None else {"region": region}))
+
+
+def call_flops(module: torch.nn.Module, shapes, **kwargs) -> int:
+    """FLOPs of ``module(*inputs, **kwargs)`` on inputs ``(1, *shape)``, on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    meta = copy.deepcopy(model).to("meta")
-    x = torch.empty(1, 3, side, side, device="meta")
+    meta = copy.deepcopy(module).to("meta")
+    xs = [torch.empty(1, *shape, device="meta") for shape in shapes]
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        meta(x, **({} if region is None else {"region": region}))
+        meta(*xs, **kwargs)
     return int(counter.get_total_flops())
+
+
+def staged_flops(model: torch.nn.Module, margin_px: int, grid, tiles_run: int) -> dict:
+    """FLOPs of each stage of a staged run (:mod:`hexpress.infer.staged`) over ``grid``, and
+    the share of each stage's computed input px that is the region's (its tiles' margins and
+    what it computes beyond the region both count as not kept)."""
+    from hexpress.infer import staged
+
+    plan = staged.make_stage_plan(model, margin_px)
+    lay = staged.stage_layout(plan, grid, list(grid))
+    assert len(grid) == tiles_run, "the region is all tissue: every map tile runs"
+    (cay, cax), (cby, cbx) = lay.core_a_px, lay.core_b
+    ha, hb = plan.halo_a_px, plan.halo_b
+    cc, hc = grid.core_cells, plan.halo_c
+    side_c = cc + 2 * hc
+    kb, f = plan.level_b, plan.stride_b // plan.stride
+    a = call_flops(staged.StageA(model, plan), [(3, cay + 2 * ha, cax + 2 * ha)])
+    b = call_flops(
+        staged.StageB(model, plan), [(plan.channels[kb], cby + 2 * hb, cbx + 2 * hb)],
+        region=(hb, hb, hb + cby, hb + cbx),
+    )  # fmt: skip
+    fine = [(plan.channels[k], side_c >> k, side_c >> k) for k in range(kb)]
+    c = call_flops(
+        staged.StageC(model, plan), [(model.head.in_channels, side_c // f, side_c // f), *fine],
+        region=(hc, hc, hc + cc, hc + cc),
+    )  # fmt: skip
+    n = {"a": len(lay.a_tiles), "b": len(lay.b_tiles), "c": len(grid)}
+    per = {"a": a, "b": b, "c": c}
+    kept_px = grid.map_shape[0] * grid.map_shape[1] * grid.stride**2
+    computed = {  # input px under each stage's computed cells
+        "a": (cay + 2 * ha) * (cax + 2 * ha),
+        "b": (cby + 2 * hb) * (cbx + 2 * hb) * plan.stride_b**2,
+        "c": ((cc + 2) * plan.stride) ** 2,  # the finest DFFN's 3x3 halo
+    }
+    kept = {k: kept_px / (n[k] * computed[k]) for k in n}
+    return {
+        "stage_tiles": n,
+        "stage_tile_px": {
+            "a": [cay + 2 * ha, cax + 2 * ha],
+            "b": [(cby + 2 * hb) * plan.stride_b, (cbx + 2 * hb) * plan.stride_b],
+            "c": [side_c * plan.stride] * 2,
+        },
+        "stage_kept_over_computed_px": {k: round(v, 4) for k, v in kept.items()},
+        "stage_flop": {k: per[k] * n[k] for k in per},
+        "flop": sum(per[k] * n[k] for k in per),
+    }
 
 
 def _timed(fn, *a, **kw):
@@ -182,6 +233,7 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
         predict_slide, slide, info, work / "map.zarr", tile_px=args.tile_px, margin=margin,
         batch_size=args.batch_size, tissue=TissueMask.full(slide), progress=False,
         resume=False, timings=timings, runtime=args.runtime, exporter=args.exporter,
+        staged=args.staged,
     )  # fmt: skip
     parts = {"setup": t_setup, "map": t_map}
     bins, parts["bins_to_files"] = _timed(_write_bins, dm, side, work)
@@ -192,9 +244,23 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
     flop_untiled_px = count_flops(model, 1024) / 1024**2
     kept_px = grid.map_shape[0] * grid.map_shape[1] * info.stride**2
     net_flop = flop_tile * tiles_run
+    computed_px = tiles_run * grid.tile_px**2
+    stages = {}
+    if args.staged:
+        stages = staged_flops(model, grid.margin_px, grid, tiles_run)
+        net_flop = stages.pop("flop")
+        # the share of computed input px that is kept, each stage weighted by its FLOPs
+        w = stages["stage_flop"]
+        kept_share = sum(w[k] * stages["stage_kept_over_computed_px"][k] for k in w) / net_flop
+        computed_px = round(kept_px / kept_share)
+        stages = {
+            **stages,
+            **{f"seconds_map_stage_{k}": round(timings[f"stage_{k}"], 2) for k in "abc"},
+        }
     out = {
         "model": f"{args.model} ({N_GENES} genes, stride {info.stride}, untrained decoder)",
         "runtime": args.runtime,
+        "staged": args.staged,
         **({"onnx_exporter": args.exporter} if args.runtime != "torch" else {}),
         "region_um": args.region_um,
         "input_px": side,
@@ -215,9 +281,10 @@ def bench_dense(args, work: Path, slide_path: Path, side: int) -> dict:
         "seconds_sum_of_parts": round(sum(parts.values()), 2),
         "seconds_total": round(t_total, 2),
         "kept_px": kept_px,
-        "computed_px": tiles_run * grid.tile_px**2,
-        "kept_over_computed_px": round(kept_px / (tiles_run * grid.tile_px**2), 4),
-        "flop_per_tile": flop_tile,
+        "computed_px": computed_px,
+        "kept_over_computed_px": round(kept_px / computed_px, 4),
+        **({} if args.staged else {"flop_per_tile": flop_tile}),
+        **stages,
         "flop_per_px_untiled": round(flop_untiled_px, 1),
         "kept_over_computed_flop": round(kept_px * flop_untiled_px / net_flop, 4),
         "net_gflop_per_s": round(net_flop / timings["net"] / 1e9, 2),
@@ -283,6 +350,9 @@ def main() -> None:
         "--exporter", default="dynamo", choices=EXPORTERS, help="torch's ONNX exporter (onnx)"
     )
     p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument(
+        "--staged", action="store_true", help="the map in three stages (hexpress.infer.staged)"
+    )
     p.add_argument("--deviation-tiles", type=int, default=2)
     p.add_argument("--patch-crops", type=int, default=256)
     p.add_argument("--patch-batch", type=int, default=32)

@@ -61,3 +61,26 @@ def test_small_region_end_to_end_figures_add_up(tmp_path):
     assert out["peak_rss_mb"] >= d["peak_rss_mb_after_dense"] > 0
     # each part is reported as soon as it is done
     assert '{"dense":' in r.stderr and '{"patch":' in r.stderr
+
+
+@pytest.mark.slow
+def test_staged_region_reports_each_stage(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--region-um", "200", "--model", "pixnet_lite0",
+           "--staged", "--skip", "patch", "--threads", "1", "--workdir", str(tmp_path)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)["dense"]
+    assert d["staged"] and d["tiles_run"] == d["stage_tiles"]["c"] == 1
+    assert d["stage_tiles"]["a"] >= 1 and d["stage_tiles"]["b"] >= 1
+    # each stage's share of kept px, and the whole weighted by each stage's FLOPs
+    kept = d["stage_kept_over_computed_px"]
+    assert all(0 < kept[k] <= 1 for k in "abc")
+    w = d["stage_flop"]
+    weighted = sum(w[k] * kept[k] for k in "abc") / sum(w.values())
+    assert abs(d["kept_over_computed_px"] - weighted) < 1e-3
+    assert 0 < d["kept_over_computed_flop"] <= 1
+    stages = sum(d[f"seconds_map_stage_{k}"] for k in "abc")
+    assert abs(stages - d["seconds_map_net"]) <= 0.05
+    # the rate is over the stages' FLOPs
+    want = sum(w.values()) / d["seconds_map_net"] / 1e9
+    assert abs(d["net_gflop_per_s"] - want) <= 0.05 + 0.02 * want

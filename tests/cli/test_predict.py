@@ -85,3 +85,30 @@ def test_margin_and_precision_options(workdir, capsys, tmp_path):
     code, _, err = run([*args, "--out", tmp_path / "p", "--precision", "bf16"], capsys)
     assert code == 1 and "needs a GPU" in err
     assert not (tmp_path / "p" / "slide" / "map.zarr").exists()  # refused before any work
+
+
+def test_staged_is_refused_before_any_work_for_a_model_that_cannot_split(workdir, capsys, tmp_path):
+    args = ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
+            "--bins", "16", "--staged", "--out", tmp_path / "s"]  # fmt: skip
+    code, out, err = run(args, capsys)
+    assert code == 1 and "cannot be split" in err and "without --staged" in err
+    assert "Traceback" not in out + err
+    assert not (tmp_path / "s" / "slide").exists()
+
+
+def test_staged_reaches_the_map(workdir, capsys, tmp_path, monkeypatch):
+    """--staged is handed to predict_slide (the staged map itself: tests/infer/test_staged.py)."""
+    from hexpress.infer import pipeline, staged
+
+    seen = []
+    real = pipeline.predict_slide
+    monkeypatch.setattr(staged, "check_staged", lambda model, **kw: None)
+    monkeypatch.setattr(
+        pipeline, "predict_slide", lambda *a, **kw: seen.append(kw["staged"]) or real(
+            *a, **{**kw, "staged": False}
+        ),
+    )  # fmt: skip
+    args = ["predict", workdir / "slide.tif", "--checkpoint", workdir / "ckpt" / "model",
+            "--bins", "16", "--staged", "--no-tissue-detection", "--out", tmp_path / "s"]  # fmt: skip
+    assert run(args, capsys)[0] == 0
+    assert seen == [True]

@@ -97,6 +97,12 @@ def predict(
         "exported once per slide; needs the onnx extra of hexpress); openvino (that graph in "
         "OpenVINO on the CPU; the openvino extra).",
     ),
+    staged: bool = typer.Option(
+        False,
+        "--staged",
+        help="Run PixNet in three stages, each tiled with its own margin: the same map with "
+        "less work in margins (EfficientNet-Lite encoders, --runtime torch, no --tta).",
+    ),
     no_tissue: bool = typer.Option(
         False, "--no-tissue-detection", help="Predict the whole slide, glass included."
     ),
@@ -129,6 +135,10 @@ def predict(
             "drop --runtime."
         )
     runtime_device(runtime, device)  # an unknown runtime, or onnx off the CPU, fails here
+    if staged:
+        from hexpress.infer.staged import check_staged
+
+        check_staged(info.model, runtime=runtime, tta=tta)
     opts = PredictOptions(
         mpp=mpp,
         bins_um=bins_um,
@@ -146,6 +156,7 @@ def predict(
         device=device,
         precision=precision,
         runtime=runtime,
+        staged=staged,
         tta=tta,
         detect_tissue=not no_tissue,
         overwrite=overwrite,

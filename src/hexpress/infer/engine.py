@@ -455,6 +455,7 @@ def predict_slide(
     timings: dict[str, float] | None = None,
     runtime: str = "torch",
     exporter: str = "dynamo",
+    staged: bool = False,
 ) -> DenseMap:
     """Predict the dense map of a whole slide into ``map_path`` (a ``.zarr`` folder).
 
@@ -482,6 +483,9 @@ def predict_slide(
             (the ``openvino`` extra).
         exporter: torch's ONNX exporter for ``runtime="onnx"`` or ``"openvino"``,
             ``"dynamo"`` or ``"torchscript"``.
+        staged: run PixNet in three stages, each tiled with its own margin
+            (:mod:`hexpress.infer.staged`): the same map with about half the FLOPs of tiles
+            whose encoder covers the whole margin; ``runtime="torch"``, no ``tta``.
 
     Returns:
         the complete :class:`DenseMap`, opened read-only.
@@ -494,6 +498,10 @@ def predict_slide(
     map_path = Path(map_path)
     # a bad runtime, device or precision fails first
     autocast_dtype(runtime_device(runtime, device, exporter=exporter), precision)
+    if staged:
+        from hexpress.infer.staged import check_staged
+
+        check_staged(info.model, runtime=runtime, tta=tta)
     if tissue is None:
         tissue = detect_tissue(slide) if detect else TissueMask.full(slide)
     image_shape = slide.shape_at(info.model_mpp)
@@ -555,10 +563,20 @@ def predict_slide(
         len(empty),
         int(done.sum()),
     )
-    predict_tiles(
-        slide, info, grid, todo, dm, batch_size=batch_size, device=device, precision=precision,
-        tta=tta, progress=progress, timings=timings, runtime=runtime, exporter=exporter,
-    )  # fmt: skip
+    if staged:
+        from hexpress.infer.staged import make_stage_plan, predict_tiles_staged
+
+        predict_tiles_staged(
+            slide, info, grid, todo, dm, plan=make_stage_plan(info.model, grid.margin_px),
+            work_dir=map_path.with_name(map_path.name + ".stages"), progress=progress,
+            timings=timings,
+        )  # fmt: skip
+    else:
+        predict_tiles(
+            slide, info, grid, todo, dm, batch_size=batch_size, device=device,
+            precision=precision, tta=tta, progress=progress, timings=timings, runtime=runtime,
+            exporter=exporter,
+        )  # fmt: skip
     dm.finalize(
         n_tiles_run=len(todo),
         n_tiles_empty=len(empty) + int(dm.attrs.get("n_tiles_empty", 0) or 0),

@@ -63,6 +63,8 @@ class PredictOptions:
         precision: ``"auto"``, ``"fp32"``, ``"bf16"`` or ``"fp16"`` (half precisions on GPUs).
         runtime: ``"torch"``, ``"onnx"`` (ONNX Runtime on the CPU, dense models) or
             ``"openvino"`` (OpenVINO on the CPU); see :func:`~hexpress.infer.predict_slide`.
+        staged: PixNet in three stages, each tiled with its own margin (the same map;
+            :mod:`hexpress.infer.staged`).
         detect_tissue: skip tiles without tissue (else predict the whole slide).
         overwrite: replace folders that hold results.
         memory_mb: bound on one aggregation block.
@@ -83,6 +85,7 @@ class PredictOptions:
     margin: str | int = "exact"
     precision: str = "auto"
     runtime: str = "torch"
+    staged: bool = False
     batch_size: int = 2
     device: str | None = "auto"
     tta: bool = False
@@ -200,7 +203,7 @@ def predict_one(
             slide, info, out_dir / "map.zarr", tile_px=opts.tile_px, margin=opts.margin,
             batch_size=opts.batch_size, device=opts.device, precision=opts.precision,
             tta=opts.tta, tissue=tissue, detect=opts.detect_tissue, progress=opts.progress,
-            runtime=opts.runtime,
+            runtime=opts.runtime, staged=opts.staged,
         )  # fmt: skip
         files.append("map.zarr")
     t_map = time.perf_counter() - t0

@@ -212,6 +212,48 @@ class Encoder(nn.Module):
             return feats if levels is None else [feats[i] for i in levels]
         return _early_stages_in_strips(self, x, plan, levels)
 
+    def early_plan(self) -> _StripPlan | None:
+        """The encoder's early stages (stride <= :attr:`strip_stride`, made of local layers),
+        or ``None`` where its body cannot be split (not EfficientNet-style, or a non-local
+        module among them)."""
+        if self._plan is None:
+            self._plan = _plan_strips(self.body, self.strip_stride) or False
+        return self._plan or None
+
+    def forward_early(self, x: torch.Tensor, stages: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of the early ``stages`` (0: the stem, ``i + 1``: ``body.blocks[i]``, up
+        to ``early_plan().n_blocks``) for ``x`` (float RGB in ``[0, 1]``): in strips of rows
+        where :meth:`forward` would use them, else in one pass. The same numbers as
+        :meth:`forward` gives for those stages."""
+        base = self.early_plan()
+        if base is None or max(stages) > base.n_blocks:
+            raise ConfigError(
+                f"encoder {self.name!r} has no early stages {list(stages)} to run on their own."
+            )
+        plan = self._strip_plan(x) if self.features_only else None
+        if plan is not None:
+            whole = _strip_stages(self, x, plan, stages)
+            return [whole[s] for s in stages]
+        body, outs = self.body, {}
+        t = body.bn1(body.conv_stem((x - self.mean) / self.std))
+        outs[0] = t
+        for i in range(max(stages)):
+            t = body.blocks[i](t)
+            outs[i + 1] = t
+        return [outs[s] for s in stages]
+
+    def forward_late(self, t: torch.Tensor, stages: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of the later ``stages`` (after ``early_plan().n_blocks``) from the output
+        ``t`` of the last early stage."""
+        base = self.early_plan()
+        if base is None:
+            raise ConfigError(f"encoder {self.name!r} cannot run its later stages on their own.")
+        outs = {}
+        for i in range(base.n_blocks, max(stages)):
+            t = self.body.blocks[i](t)
+            outs[i + 1] = t
+        return [outs[s] for s in stages]
+
     strip_stride = 8
     """Inference on the CPU runs the encoder's stages of stride <= this in strips of rows."""
 
@@ -221,11 +263,9 @@ class Encoder(nn.Module):
     def _strip_plan(self, x: torch.Tensor) -> _StripPlan | None:
         if self.training or x.ndim != 4 or not _strips_allowed(x):
             return None
-        if self._plan is None:
-            self._plan = _plan_strips(self.body, self.strip_stride) or False
-        if self._plan is False:
+        plan = self.early_plan()
+        if plan is None:
             return None
-        plan = self._plan
         rows = self.strip_bytes // max(1, x.shape[0] * x.shape[-1] * plan.bytes_per_row_px)
         rows = max(plan.stride, rows // plan.stride * plan.stride)
         if x.shape[-2] <= rows or x.shape[-2] % plan.stride:
@@ -374,7 +414,28 @@ def _early_stages_in_strips(
     enc: Encoder, x: torch.Tensor, plan: _StripPlan, levels: Sequence[int] | None
 ) -> list[torch.Tensor]:
     """``enc(x, levels)`` with the stem and the first ``plan.n_blocks`` blocks run strip by
-    strip (each strip normalised on its own), their outputs written into whole-tile tensors.
+    strip (:func:`_strip_stages`), the later blocks in one pass on their output."""
+    body = enc.body
+    order = sorted(body._stage_out_idx)  # stages of the pyramid levels, in output order
+    picked = list(range(len(order)) if levels is None else levels)
+    last = plan.n_blocks
+    # stages whose strips are kept: the wanted levels among the early ones, and the last one
+    keep = [order[k] for k in picked if order[k] in plan.level_strides]
+    whole = _strip_stages(enc, x, plan, [*keep, last])
+    t = whole[last] if last in {order[k] for k in picked} else whole.pop(last)
+    for i in range(last, len(body.blocks)):
+        t = body.blocks[i](t)
+        if i + 1 in body._stage_out_idx:
+            whole[i + 1] = t
+    return [whole[order[k]] for k in picked]
+
+
+def _strip_stages(
+    enc: Encoder, x: torch.Tensor, plan: _StripPlan, stages: Sequence[int]
+) -> dict[int, torch.Tensor]:
+    """The outputs of the early ``stages`` (0: the stem, ``i + 1``: ``body.blocks[i]``, up to
+    ``plan.n_blocks``), computed strip by strip (each strip normalised on its own) into
+    whole-input tensors.
 
     A strip of input rows ``[y0, y1)`` is computed on ``[y0 - halo, y1 + halo)`` clipped to
     the input and cropped back: inside the input the halo covers every row the strip's
@@ -383,16 +444,11 @@ def _early_stages_in_strips(
     stride, so strided convolutions (TF "same" padding included) sample the same rows.
     """
     body = enc.body
-    order = sorted(body._stage_out_idx)  # stages of the pyramid levels, in output order
-    picked = list(range(len(order)) if levels is None else levels)
-    last = plan.n_blocks
-    # stages whose strips are kept: the wanted levels among the early ones, and the last one
-    keep = {
-        order[k]: plan.level_strides[order[k]] for k in picked if order[k] in plan.level_strides
-    }
-    keep[last] = plan.stride
+    strides = _stage_strides(body, plan.n_blocks)
+    keep = {st: strides[st] for st in stages}
+    last = max(keep)
     h = x.shape[-2]
-    whole: dict[int, torch.Tensor] = {}  # stage -> whole-tile output
+    whole: dict[int, torch.Tensor] = {}  # stage -> whole-input output
 
     def put(stage: int, t: torch.Tensor, y0: int, y1: int, a: int) -> None:
         s = keep[stage]
@@ -413,12 +469,18 @@ def _early_stages_in_strips(
             if stage in keep:
                 put(stage, t, y0, y1, a)
         del t
-    t = whole[last] if last in {order[k] for k in picked} else whole.pop(last)
-    for i in range(last, len(body.blocks)):
-        t = body.blocks[i](t)
-        if i + 1 in body._stage_out_idx:
-            whole[i + 1] = t
-    return [whole[order[k]] for k in picked]
+    return whole
+
+
+def _stage_strides(body: nn.Module, n_blocks: int) -> dict[int, int]:
+    """``{stage: stride}`` of the stem (0) and the first ``n_blocks`` blocks of an
+    EfficientNet-style body."""
+    r = _reach([body.conv_stem], _Reach())
+    strides = {0: r.jump}
+    for i in range(n_blocks):
+        r = _reach(body.blocks[i].modules(), r)
+        strides[i + 1] = r.jump
+    return strides
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -115,6 +115,22 @@ def _window(x: torch.Tensor, y0: int, x0: int, y1: int, x1: int) -> torch.Tensor
     return F.pad(out, pads) if any(pads) else out
 
 
+def _decoder_regions(shapes, region, level: int, top: int):
+    """Where the decoder must be right (``need[k]``) and where it is computed (``comp[k]``) on
+    each level ``k`` from ``level`` up to ``top`` for the cells ``region`` of ``level``:
+    ``comp`` is ``need`` grown by the DFFN's 3x3 halo, clipped to the level's ``shapes[k]``,
+    and the level above needs the cells under it."""
+    need, comp = {level: tuple(int(v) for v in region)}, {}
+    for k in range(level, top):
+        hk, wk = shapes[k]
+        a, b, c, d = need[k]
+        comp[k] = (max(a - 1, 0), max(b - 1, 0), min(c + 1, hk), min(d + 1, wk))
+        a, b, c, d = comp[k]
+        hn, wn = shapes[k + 1]
+        need[k + 1] = (a // 2, b // 2, min(-(-c // 2), hn), min(-(-d // 2), wn))
+    return need, comp
+
+
 class PixNet(nn.Module):
     """Dense model: ``(B, 3, H, W)`` float RGB in ``[0, 1]`` -> ``(B, n_out, ceil(H/s), ceil(W/s))``.
 
@@ -239,28 +255,58 @@ class PixNet(nn.Module):
         ry0, rx0, ry1, rx1 = (int(v) for v in region)
         if not (0 <= ry0 < ry1 <= oh and 0 <= rx0 < rx1 <= ow):
             raise ConfigError(f"region {region} is not inside the {oh} x {ow} map.")
-        # need[k]: cells of level k whose decoder output must be right; comp[k]: where level k
-        # is computed (need grown by the DFFN's 3x3 halo, clipped to the level's map).
-        need, comp = [(ry0, rx0, ry1, rx1)], []
-        for k in range(len(feats) - 1):
-            hk, wk = feats[k].shape[-2:]
-            a, b, c, d = need[k]
-            comp.append((max(a - 1, 0), max(b - 1, 0), min(c + 1, hk), min(d + 1, wk)))
-            a, b, c, d = comp[k]
-            hn, wn = feats[k + 1].shape[-2:]
-            need.append((a // 2, b // 2, min(-(-c // 2), hn), min(-(-d // 2), wn)))
-        d = self.proj[-1](_window(feats[-1], *need[-1]))
-        for k in range(len(feats) - 2, -1, -1):
-            (a, b, c, e), (na, nb, _, _) = comp[k], need[k + 1]
-            up = _window(self.up[k](d), a - 2 * na, b - 2 * nb, c - 2 * na, e - 2 * nb)
+        return self._head_in_strips(self.decode_to(feats, (ry0, rx0, ry1, rx1), 0))
+
+    def decode_to(
+        self, feats: list[torch.Tensor | None], region: tuple[int, int, int, int], level: int
+    ) -> torch.Tensor:
+        """The decoder's output ``D`` at ``level`` (0: the finest, before the head) on the
+        cells ``region`` of that level, from the pyramid levels ``level ..`` of ``feats``
+        (entries below ``level`` are not read).
+
+        Each level is computed only where the region depends on it (the region grown by the
+        3x3 halo of every DFFN on the way up), with zeros beyond ``feats``: the result equals
+        the whole decoder's, cropped, wherever ``feats`` reach far enough around the region.
+        """
+        shapes = [None if f is None else tuple(f.shape[-2:]) for f in feats]
+        top = len(feats) - 1
+        need, comp = _decoder_regions(shapes, region, level, top)
+        d = self.proj[top](_window(feats[top], *need[top]))
+        return self._descend(d, need[top][:2], feats, need, comp, top, level)
+
+    def decode_from(
+        self,
+        d: torch.Tensor,
+        level: int,
+        feats: list[torch.Tensor | None],
+        region: tuple[int, int, int, int],
+    ) -> torch.Tensor:
+        """The map on the cells ``region`` from the decoder's output ``d`` at ``level`` (as
+        :meth:`decode_to` gives it, cell ``(0, 0)`` of ``d`` above cell ``(0, 0)`` of
+        ``feats[level - 1]``) and the pyramid levels below ``level`` of ``feats``."""
+        shapes = [None if f is None else tuple(f.shape[-2:]) for f in feats[:level]]
+        shapes.append(tuple(d.shape[-2:]))
+        need, comp = _decoder_regions(shapes, region, 0, level)
+        return self._head_in_strips(self._descend(d, (0, 0), feats, need, comp, level, 0))
+
+    def _descend(self, d, origin, feats, need, comp, top: int, level: int) -> torch.Tensor:
+        """``D`` of level ``top`` (``d``, whose cell ``(0, 0)`` is cell ``origin`` of that level)
+        down to ``level``, on ``need[level]``."""
+        oy, ox = origin
+        for k in range(top - 1, level - 1, -1):
+            a, b, c, e = comp[k]
+            up = _window(self.up[k](d), a - 2 * oy, b - 2 * ox, c - 2 * oy, e - 2 * ox)
             y = up + self.delta[k] * self.proj[k](_window(feats[k], a, b, c, e))
             del up, d  # the finest level's tensors are the largest: keep few alive at once
             if torch.is_grad_enabled():
                 y = y + self.dffn[k](y)
             else:
                 y += self.dffn[k](y)
-            ny0, nx0, ny1, nx1 = need[k]
-            d = y[..., ny0 - a : ny1 - a, nx0 - b : nx1 - b]
+            oy, ox, ny1, nx1 = need[k]
+            d = y[..., oy - a : ny1 - a, ox - b : nx1 - b]
+        return d
+
+    def _head_in_strips(self, d: torch.Tensor) -> torch.Tensor:
         # the head's n_out channels at the finest stride are the largest tensor of all: in
         # inference it (and the softplus) go strip by strip into the output
         return _in_strips(self._head, d, self.n_out, DFFN.strip_bytes)
