@@ -70,7 +70,7 @@ STAGE_A_CORE_PX = 1024
 
 STAGE_B_CORE_CELLS = 512
 """Core side of a stage-B tile in cells of the stride-8 level (4,096 input px for PixNet-Lite0);
-its margin is the receptive field (64 cells): 67 % of the cells it computes are kept, and its
+its margin is the receptive field (64 cells): 64 % of the cells it computes are kept, and its
 largest activation (the first stride-16 block's expansion) stays under 400 MB."""
 
 
@@ -168,9 +168,7 @@ def make_stage_plan(
         ConfigError: the model cannot run staged (:func:`staged_support`), or a core that is
             not a positive size.
     """
-    why = staged_support(model)
-    if why:
-        raise ConfigError(f"{why}; predict it without --staged.")
+    check_staged(model)
     enc = model.encoder
     plan = enc.early_plan()
     order = sorted(enc.body._stage_out_idx)
